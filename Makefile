@@ -1,0 +1,43 @@
+# flakescan: two commands for a fresh machine.
+#   make demo   scan a simulated chip through the daemon, print a summary
+#   make test   run the test suite (what CI runs)
+# Each creates or updates .venv first; re-running installs nothing new unless
+# pyproject.toml changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEMO_STATE ?= demo-state
+
+.PHONY: demo test lint bench clean-demo
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# The daemon's runtime (no torch).
+$(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+# Tests also train and export models: torch 2.13.0 (CPU build), pytest, ruff, MM demo adapters.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
+	touch $@ $(VENV)/.runtime-installed
+
+demo: $(VENV)/.runtime-installed
+	$(BIN)/flakescan demo --config service.toml --state-dir $(DEMO_STATE)
+
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python bench/bench_tile.py
+	$(BIN)/python bench/bench_classifier.py
+
+clean-demo:
+	rm -rf $(DEMO_STATE)

@@ -1,0 +1,401 @@
+"""`flakescan`: the command line. Each subcommand is one function a test can call.
+
+Exit codes: 0 success, 1 failure (scan failed, daemon unreachable, startup fault),
+2 bad input (configuration, arguments, request refused).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .config import ConfigError, ServiceConfig, load_config, resolve_state_dir
+
+__all__ = ["build_parser", "main"]
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def _console() -> Console:
+    return Console(stderr=False, highlight=False)
+
+
+def _err(msg: str) -> None:
+    print(f"flakescan: {msg}", file=sys.stderr)
+
+
+def _config(args: argparse.Namespace) -> ServiceConfig:
+    return load_config(args.config)
+
+
+def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
+    cfg = _config(args)
+    return (args.control or cfg.zmq.control, args.events or cfg.zmq.events)
+
+
+# -- daemon -------------------------------------------------------------------------------
+def cmd_daemon(args: argparse.Namespace) -> int:
+    """Run the scan daemon in the foreground until shutdown or SIGTERM."""
+    from .assembly import StartupError
+    from .service import Daemon
+
+    cfg = _config(args)
+    state_dir = resolve_state_dir(cfg, args.state_dir)
+    daemon = Daemon(cfg, state_dir)
+    try:
+        daemon.start()
+    except StartupError as exc:
+        _err(f"cannot start: {exc}")
+        return EXIT_FAIL
+    daemon.install_signal_handlers()
+    try:
+        daemon.serve_forever()
+    finally:
+        daemon.close()
+    logging.getLogger(__name__).info("daemon stopped")
+    return EXIT_OK
+
+
+# -- scan ---------------------------------------------------------------------------------
+def _scan_params(args: argparse.Namespace) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if args.region is not None:
+        params["region_um"] = args.region
+    if args.overlap is not None:
+        params["overlap_pct"] = args.overlap
+    if args.chip_id is not None:
+        params["chip_id"] = args.chip_id
+    if args.name:
+        params["name"] = args.name
+    return params
+
+
+def _print_outcome(console: Console, outcome: dict[str, Any]) -> None:
+    per_class = outcome.get("flakes_per_class") or {}
+    classes = ", ".join(f"class {k}: {v}" for k, v in sorted(per_class.items())) or "none"
+    console.print(
+        f"scan {outcome.get('scan_id')} {outcome.get('status')}: "
+        f"{outcome.get('tiles_done')}/{outcome.get('tiles_planned')} tiles, "
+        f"{outcome.get('flakes')} flakes ({classes}) in {outcome.get('elapsed_s', 0):.1f} s"
+        + (f" - {outcome['reason']}" if outcome.get("reason") else "")
+    )
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Scan a chip region: through the running daemon, or in-process with --local."""
+    console = _console()
+    if args.local:
+        return _scan_local(args, console)
+    from .client import DaemonUnreachable
+    from .follow import ScanFailed, run_remote_scan
+
+    control, events = _endpoints(args)
+    try:
+        outcome = run_remote_scan(
+            control, events, _scan_params(args), console, show_progress=not args.no_progress
+        )
+    except DaemonUnreachable as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    except ScanFailed as exc:
+        if exc.outcome.get("refused"):
+            _err(str(exc))
+            return EXIT_USAGE
+        _print_outcome(console, exc.outcome)
+        return EXIT_FAIL
+    _print_outcome(console, outcome)
+    return EXIT_OK
+
+
+def _scan_local(args: argparse.Namespace, console: Console) -> int:
+    from flakescan.hardware.errors import HardwareError
+
+    from .assembly import StartupError, open_components
+    from .follow import progress_bar, progress_updater
+    from .protocol import ProtocolError, ScanStartParams
+    from .scan import ScanRequest
+
+    cfg = _config(args)
+    state_dir = resolve_state_dir(cfg, args.state_dir)
+    try:
+        p = ScanStartParams.model_validate(_scan_params(args))
+    except Exception as exc:
+        raise ProtocolError(str(exc)) from exc
+    bar = None if args.no_progress else progress_bar(console)
+    task = None
+
+    def update(t, d):
+        return None
+
+    if bar is not None:
+        task = bar.add_task("scan", total=None, scan_id="", flakes=0)
+        update = progress_updater(bar, task)
+    try:
+        parts = open_components(cfg, state_dir, lambda topic, data: update(topic, data))
+    except StartupError as exc:
+        _err(f"cannot start: {exc}")
+        return EXIT_FAIL
+    try:
+        request = ScanRequest(
+            region_um=p.region_um or cfg.scan_region(),
+            overlap_pct=cfg.scan.overlap_pct if p.overlap_pct is None else p.overlap_pct,
+            chip_id=p.chip_id or cfg.scan.chip_id,
+            name=p.name,
+            z_um=cfg.scan.z_um,
+        )
+        try:
+            plan = parts.runner.plan(request)
+        except HardwareError as exc:
+            _err(f"scan refused: {exc}")
+            return EXIT_USAGE
+        scan_id = parts.runner.open_scan(request, plan, {"local": True})
+        if bar is not None and task is not None:
+            bar.update(task, total=plan.n_tiles, scan_id=scan_id)
+            bar.start()
+        try:
+            outcome = parts.runner.run(scan_id, request, plan)
+        finally:
+            if bar is not None:
+                bar.stop()
+    finally:
+        parts.close()
+    _print_outcome(console, outcome.as_dict())
+    return EXIT_OK if outcome.status == "completed" else EXIT_FAIL
+
+
+# -- control ------------------------------------------------------------------------------
+def _control_call(args: argparse.Namespace, method: str, params: dict | None = None) -> int:
+    from .client import ControlClient, DaemonUnreachable
+
+    control, _ = _endpoints(args)
+    try:
+        answer = ControlClient(control, timeout_s=args.timeout).request(method, params)
+    except DaemonUnreachable as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    print(json.dumps(answer, indent=1, default=str))
+    return EXIT_OK if answer.get("success") else EXIT_USAGE
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print the daemon's status as JSON."""
+    return _control_call(args, "status")
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    """Stop the running scan at the next tile boundary."""
+    return _control_call(args, "scan_stop")
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    """Ask the daemon to exit (a running scan stops and keeps its hits)."""
+    return _control_call(args, "shutdown")
+
+
+def cmd_goto(args: argparse.Namespace) -> int:
+    """Drive the stage to a flake of the catalogue."""
+    return _control_call(args, "goto_flake", {"flake_id": args.flake_id})
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Print the daemon's events as JSON lines."""
+    from .client import DaemonUnreachable, EventSubscriber
+
+    _, events = _endpoints(args)
+    topics = tuple(args.topic) if args.topic else ("",)
+    try:
+        with EventSubscriber(events, topics, heartbeats=args.heartbeats) as sub:
+            for n, ev in enumerate(sub, start=1):
+                print(json.dumps(ev), flush=True)
+                if args.count and n >= args.count:
+                    break
+    except DaemonUnreachable as exc:
+        _err(str(exc))
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+# -- catalogue ----------------------------------------------------------------------------
+def _database_url(args: argparse.Namespace) -> str:
+    from flakescan.db.engine import sqlite_url
+
+    if args.db:
+        return args.db if "://" in args.db else sqlite_url(args.db)
+    cfg = _config(args)
+    return cfg.database_url(resolve_state_dir(cfg, args.state_dir))
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    """Query the flake catalogue (read-only) as a table, CSV or JSON."""
+    from flakescan.db.engine import open_database
+    from flakescan.db.queries import FlakeQuery, find_flakes
+
+    from .output import format_flakes
+
+    engine = open_database(_database_url(args), create=False)
+    try:
+        rows = find_flakes(
+            engine,
+            FlakeQuery(
+                scan_id=args.scan,
+                chip_id=args.chip_id,
+                flake_class=args.flake_class,
+                min_area_um2=args.min_area,
+                max_area_um2=args.max_area,
+                limit=args.limit,
+            ),
+        )
+    finally:
+        engine.dispose()
+    sys.stdout.write(format_flakes(rows, args.format, _console()))
+    return EXIT_OK
+
+
+def cmd_scans(args: argparse.Namespace) -> int:
+    """List the scans in the catalogue as JSON."""
+    from flakescan.db.engine import open_database
+    from flakescan.db.queries import list_scans
+
+    engine = open_database(_database_url(args), create=False)
+    try:
+        print(json.dumps(list_scans(engine), indent=1, default=str))
+    finally:
+        engine.dispose()
+    return EXIT_OK
+
+
+# -- simulator and training -----------------------------------------------------------------
+def cmd_sim_truth(args: argparse.Namespace) -> int:
+    """Write the simulated chip's ground truth (JSON) for the configured seed."""
+    from flakescan.simulators.chip import generate_chip
+
+    cfg = _config(args)
+    chip = generate_chip(cfg.simulator.chip, cfg.simulator.seed)
+    path = chip.write_truth(args.out)
+    kinds = Counter(o.kind for o in chip.objects)
+    print(f"wrote {path}: " + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a daemon on the simulator, scan the chip through it, print a summary."""
+    from .demo import run_demo
+
+    return run_demo(args.config, args.state_dir, _console())
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model (needs the `train` extra: torch)."""
+    try:
+        if args.model == "classifier":
+            from flakescan.training.train_classifier import main as train_main
+    except ImportError as exc:
+        _err(f"training needs torch: pip install 'flakescan[train]' ({exc})")
+        return EXIT_FAIL
+    return int(train_main(args.train_args) or 0)
+
+
+# -- parser -------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flakescan", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, func: Any, **kw: Any) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=func.__doc__.splitlines()[0], description=func.__doc__, **kw)
+        sp.set_defaults(func=func)
+        sp.add_argument(
+            "--config", type=Path, default=None, help="service.toml (default: built-in)"
+        )
+        return sp
+
+    def endpoints(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--control", help="control endpoint (default: from config)")
+        sp.add_argument("--events", help="events endpoint (default: from config)")
+        sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply")
+
+    sp = add("daemon", cmd_daemon)
+    sp.add_argument("--state-dir", type=Path, help="state directory (database, thumbnails)")
+
+    sp = add("scan", cmd_scan)
+    endpoints(sp)
+    sp.add_argument("--region", type=float, nargs=4, metavar=("X0", "Y0", "X1", "Y1"), help="um")
+    sp.add_argument("--overlap", type=float, help="tile overlap in percent")
+    sp.add_argument("--chip-id")
+    sp.add_argument("--name", default="")
+    sp.add_argument("--local", action="store_true", help="run in this process, no daemon")
+    sp.add_argument("--state-dir", type=Path, help="with --local: state directory")
+    sp.add_argument("--no-progress", action="store_true")
+
+    for name, func in (("status", cmd_status), ("stop", cmd_stop), ("shutdown", cmd_shutdown)):
+        endpoints(add(name, func))
+    sp = add("goto", cmd_goto)
+    endpoints(sp)
+    sp.add_argument("flake_id", type=int)
+
+    sp = add("events", cmd_events)
+    endpoints(sp)
+    sp.add_argument("--topic", action="append", help="topic prefix (repeatable)")
+    sp.add_argument("--count", type=int, default=0, help="stop after N events")
+    sp.add_argument("--heartbeats", action="store_true", help="also print heartbeats")
+
+    for name, func in (("query", cmd_query), ("scans", cmd_scans)):
+        sp = add(name, func)
+        sp.add_argument("--db", help="database file or SQLAlchemy URL (default: from config)")
+        sp.add_argument("--state-dir", type=Path)
+        if name == "query":
+            sp.add_argument("--scan", type=int)
+            sp.add_argument("--chip-id")
+            sp.add_argument("--class", dest="flake_class", type=int, choices=[1, 2, 3])
+            sp.add_argument("--min-area", type=float, help="um2")
+            sp.add_argument("--max-area", type=float, help="um2")
+            sp.add_argument("--limit", type=int)
+            sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+
+    sp = add("sim-truth", cmd_sim_truth)
+    sp.add_argument("--out", type=Path, required=True)
+
+    sp = add("demo", cmd_demo)
+    sp.add_argument("--state-dir", type=Path, default=Path("demo-state"))
+
+    sp = add("train", cmd_train)
+    sp.add_argument("model", choices=["classifier"])
+    sp.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of the trainer")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("pymmcore-plus").setLevel(logging.WARNING)
+    try:
+        return int(args.func(args))
+    except BrokenPipeError:  # output piped into `head` and the like
+        sys.stderr.close()
+        return EXIT_OK
+    except ConfigError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except FileNotFoundError as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except ValueError as exc:  # bad arguments that argparse cannot see (e.g. a region)
+        _err(str(exc))
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

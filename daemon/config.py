@@ -1,0 +1,217 @@
+"""service.toml: the whole configuration, validated at start.
+
+Each layer owns the model of its own section (`hardware/config.py`, `inference/config.py`,
+...); this module composes them, reads TOML, resolves paths relative to the file, and turns
+a validation failure into one message that names the key and the value.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flakescan.db.config import DatabaseConfig
+from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
+from flakescan.inference.config import ModelsConfig, PreselectionConfig
+from flakescan.simulators.config import SimulatorConfig
+
+from .scan_plan import RegionUm
+
+__all__ = [
+    "ConfigError",
+    "ScanDefaults",
+    "ServiceConfig",
+    "ZmqConfig",
+    "load_config",
+    "resolve_state_dir",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message names the key and value."""
+
+
+class ScanDefaults(BaseModel):
+    """`[scan]`: what a scan covers when the request does not say."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # x0, y0, x1, y1 in stage um; empty: the whole chip (simulator only).
+    region_um: RegionUm | None = None
+    overlap_pct: float = Field(10.0, ge=0, lt=90)
+    z_um: float | None = None
+    chip_id: str = Field("chip-1", min_length=1, max_length=128)
+
+
+def _is_loopback(endpoint: str) -> bool:
+    parsed = urlparse(endpoint)
+    if parsed.scheme in ("ipc", "inproc"):
+        return True
+    host = parsed.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class ZmqConfig(BaseModel):
+    """`[zmq]`: where the daemon listens for control and publishes events."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    control: str = "tcp://127.0.0.1:5555"
+    events: str = "tcp://127.0.0.1:5556"
+    # The control socket moves a stage: off loopback only when asked for explicitly.
+    allow_remote: bool = False
+    heartbeat_s: float = Field(1.0, gt=0, le=60)
+
+    @model_validator(mode="after")
+    def _endpoints(self) -> ZmqConfig:
+        for key in ("control", "events"):
+            ep = getattr(self, key)
+            parsed = urlparse(ep)
+            if parsed.scheme not in ("tcp", "ipc", "inproc"):
+                raise ValueError(f"{key} = {ep!r}: expected tcp://host:port or ipc://path")
+            if parsed.scheme == "tcp" and parsed.port is None:
+                raise ValueError(f"{key} = {ep!r}: a tcp endpoint needs a port")
+            if not self.allow_remote and not _is_loopback(ep):
+                raise ValueError(
+                    f"{key} = {ep!r} is not a loopback address; set allow_remote = true "
+                    "to listen on the network"
+                )
+        if self.control == self.events:
+            raise ValueError(f"control and events must differ, both are {self.control!r}")
+        return self
+
+
+class ServiceConfig(BaseModel):
+    """Everything the daemon needs; every section has working simulator defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    instrument: str = Field("sim-1", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    state_dir: Path | None = None
+    hardware: HardwareConfig = HardwareConfig()
+    travel_limits: TravelLimits = TravelLimits()
+    objective: ObjectiveConfig = ObjectiveConfig()
+    simulator: SimulatorConfig = SimulatorConfig()
+    scan: ScanDefaults = ScanDefaults()
+    preselection: PreselectionConfig = PreselectionConfig()
+    models: ModelsConfig = ModelsConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    zmq: ZmqConfig = ZmqConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ServiceConfig:
+        if self.hardware.backend == "mmconfig" and self.scan.region_um is None:
+            raise ValueError("scan.region_um is required with the mmconfig backend")
+        if self.hardware.backend == "simulator":
+            fov = self.objective.field_of_view_um
+            im = self.simulator.imaging
+            actual = (
+                im.width_px * self.objective.pixel_size_um,
+                im.height_px * self.objective.pixel_size_um,
+            )
+            if fov is not None and any(
+                abs(a - b) > 0.02 * b for a, b in zip(actual, fov, strict=True)
+            ):
+                raise ValueError(
+                    f"objective.field_of_view_um = {list(fov)} does not match the camera: "
+                    f"{im.width_px}x{im.height_px} px at {self.objective.pixel_size_um} um/px "
+                    f"is {[round(a, 1) for a in actual]} um"
+                )
+        return self
+
+    def scan_region(self) -> tuple[float, float, float, float]:
+        """The default scan region: configured, or the simulated chip."""
+        if self.scan.region_um is not None:
+            return self.scan.region_um
+        chip = self.simulator.chip
+        return (0.0, 0.0, chip.width_um, chip.height_um)
+
+    def database_url(self, state_dir: Path) -> str:
+        return self.database.url or f"sqlite:///{(state_dir / 'flakescan.db').resolve()}"
+
+
+def _format_error(err: dict[str, Any], source: str) -> str:
+    loc = [str(p) for p in err.get("loc", ())]
+    key = ".".join(loc) if loc else "(top level)"
+    section, _, leaf = key.rpartition(".")
+    value = err.get("input")
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if isinstance(value, dict):  # a whole table failed a cross-check
+        return f"{source}: [{key}]: {msg}"
+    where = f"[{section}] {leaf}" if section else key
+    if err.get("type") == "extra_forbidden":
+        return f"{source}: unknown key {where}"
+    if err.get("type") == "missing":
+        return f"{source}: {where}: {msg}"
+    return f"{source}: {where} = {value!r}: {msg}"
+
+
+def _resolve_relative(cfg: ServiceConfig, base: Path) -> ServiceConfig:
+    """Paths in the file are relative to the file's folder."""
+    updates: dict[str, Any] = {}
+    if cfg.state_dir is not None and not cfg.state_dir.expanduser().is_absolute():
+        updates["state_dir"] = base / cfg.state_dir
+    models, hardware = cfg.models, cfg.hardware
+    if not models.classifier.expanduser().is_absolute():
+        updates["models"] = models.model_copy(update={"classifier": base / models.classifier})
+    hw: dict[str, Any] = {}
+    if hardware.mm_config is not None and not hardware.mm_config.is_absolute():
+        hw["mm_config"] = base / hardware.mm_config
+    if any(not p.is_absolute() for p in hardware.adapter_paths):
+        hw["adapter_paths"] = [p if p.is_absolute() else base / p for p in hardware.adapter_paths]
+    if hw:
+        updates["hardware"] = hardware.model_copy(update=hw)
+    return cfg.model_copy(update=updates) if updates else cfg
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None
+) -> ServiceConfig:
+    """Read and validate a service.toml (None: built-in defaults); ConfigError on any fault."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    base = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            data = tomllib.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{source}: no such configuration file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+        base = p.resolve().parent
+    for key, value in (overrides or {}).items():
+        data[key] = value
+    try:
+        cfg = ServiceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError("\n".join(_format_error(e, source) for e in exc.errors())) from None
+    return _resolve_relative(cfg, base)
+
+
+def resolve_state_dir(cfg: ServiceConfig, override: str | Path | None = None) -> Path:
+    """State directory: --state-dir, the file's state_dir, systemd's, then XDG's."""
+    if override is not None:
+        d = Path(override)
+    elif cfg.state_dir is not None:
+        d = cfg.state_dir
+    elif os.environ.get("STATE_DIRECTORY"):
+        d = Path(os.environ["STATE_DIRECTORY"].split(":")[0])
+    else:
+        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        d = Path(xdg) / "flakescan"
+    d = d.expanduser().resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    return d

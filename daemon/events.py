@@ -1,0 +1,64 @@
+"""Events on the ZMQ PUB socket: multipart [topic, json], numbered per daemon.
+
+Every event carries `seq` (1, 2, 3... for the life of the daemon, so a subscriber sees a gap
+when it drops messages), `time` (ISO 8601, UTC), the instrument id, its topic and `data`.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import zmq
+
+__all__ = ["TOPICS", "EventPublisher", "make_event"]
+
+TOPICS = (
+    "daemon.heartbeat",
+    "daemon.state",
+    "scan.started",
+    "tile.processed",
+    "flake.found",
+    "scan.finished",
+    "scan.failed",
+)
+
+
+def make_event(seq: int, topic: str, instrument: str, data: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "seq": seq,
+        "time": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "instrument": instrument,
+        "topic": topic,
+        "data": data,
+    }
+
+
+class EventPublisher:
+    """Publishes events from any thread: sends are serialised by a lock."""
+
+    def __init__(
+        self, socket: zmq.Socket | None, instrument: str, also: Callable[[dict], None] | None = None
+    ) -> None:
+        self._socket = socket
+        self._instrument = instrument
+        self._also = also
+        self._lock = threading.Lock()
+        self.seq = 0
+
+    def publish(self, topic: str, data: dict[str, Any]) -> dict[str, Any]:
+        if topic not in TOPICS:
+            raise ValueError(f"unknown event topic {topic!r}")
+        with self._lock:
+            self.seq += 1
+            event = make_event(self.seq, topic, self._instrument, data)
+            if self._socket is not None:
+                self._socket.send_multipart(
+                    [topic.encode(), json.dumps(event, default=str).encode()]
+                )
+        if self._also is not None:
+            self._also(event)
+        return event

@@ -1,0 +1,113 @@
+"""The control protocol: JSON `{"method": ..., "params": {...}}` in, `{"success", "msg", ...}` out.
+
+After bluesky-queueserver's envelope: every method has a params model with no extra keys
+allowed, so a misspelt parameter is an error that names it, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .scan_plan import RegionUm
+
+__all__ = [
+    "METHODS",
+    "EmptyParams",
+    "FlakesParams",
+    "GotoFlakeParams",
+    "ProtocolError",
+    "ScanStartParams",
+    "parse_request",
+    "reply",
+]
+
+
+class ProtocolError(ValueError):
+    """A request that cannot be served; the message is the reply's `msg`."""
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EmptyParams(_Params):
+    pass
+
+
+class ScanStartParams(_Params):
+    region_um: RegionUm | None = None
+    overlap_pct: float | None = Field(None, ge=0, lt=90)
+    chip_id: str | None = Field(None, min_length=1, max_length=128)
+    name: str = Field("", max_length=256)
+    z_um: float | None = None
+
+
+class GotoFlakeParams(_Params):
+    flake_id: int = Field(..., ge=1)
+
+
+class FlakesParams(_Params):
+    scan_id: int | None = Field(None, ge=1)
+    chip_id: str | None = None
+    flake_class: int | None = Field(None, ge=1, le=3)
+    min_area_um2: float | None = Field(None, ge=0)
+    max_area_um2: float | None = Field(None, ge=0)
+    limit: int = Field(1000, ge=1, le=100000)
+
+
+METHODS: dict[str, type[_Params]] = {
+    "status": EmptyParams,
+    "scan_start": ScanStartParams,
+    "scan_stop": EmptyParams,
+    "goto_flake": GotoFlakeParams,
+    "flakes": FlakesParams,
+    "scans": EmptyParams,
+    "shutdown": EmptyParams,
+}
+
+
+def reply(success: bool, msg: str = "", **fields: Any) -> dict[str, Any]:
+    return {"success": success, "msg": msg, **fields}
+
+
+def parse_request(raw: bytes) -> tuple[str, _Params]:
+    """Decode and validate a request; ProtocolError says what is wrong with it."""
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProtocolError(f"malformed JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(f"request must be a JSON object, got {type(obj).__name__}")
+    unknown = set(obj) - {"method", "params"}
+    if unknown:
+        raise ProtocolError(
+            f"unknown request keys {sorted(unknown)}; expected 'method' and 'params'"
+        )
+    method = obj.get("method")
+    if not isinstance(method, str):
+        raise ProtocolError(f"'method' must be a string, got {method!r}")
+    model = METHODS.get(method)
+    if model is None:
+        raise ProtocolError(f"unknown method {method!r}; known: {', '.join(sorted(METHODS))}")
+    params = obj.get("params", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ProtocolError(f"'params' must be an object, got {type(params).__name__}")
+    try:
+        return method, model.model_validate(params)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            field = ".".join(str(p) for p in e["loc"]) or "params"
+            if e["type"] == "extra_forbidden":
+                problems.append(f"unknown parameter {field!r}")
+            elif e["type"] == "missing":
+                problems.append(f"missing parameter {field!r}")
+            else:
+                msg = str(e["msg"]).removeprefix("Value error, ")
+                problems.append(f"{field} = {e.get('input')!r}: {msg}")
+        raise ProtocolError(f"{method}: " + "; ".join(problems)) from None

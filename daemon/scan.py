@@ -1,0 +1,308 @@
+"""Running one scan: acquisition on pymmcore-plus's MDA runner, processing in a worker.
+
+The runner thread moves and snaps (through the strict engine: limits checked, faults
+raised); each frame goes onto a small bounded queue, so the next move overlaps the current
+tile's processing and a slow pipeline throttles acquisition instead of filling memory. The
+worker runs the tile pipeline, keeps the hits the tile owns, writes the tile and its flakes
+in one transaction, and only then publishes `tile.processed` and `flake.found`: every event
+has its row. A fault anywhere cancels the acquisition and fails the scan with the reason;
+what was written stays.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from flakescan.db.catalogue import CatalogueWriter
+from flakescan.db.models import utcnow
+from flakescan.hardware.engine import StrictMDAEngine
+from flakescan.hardware.frame import Frame
+from flakescan.hardware.microscope import Microscope
+from flakescan.inference.pipeline import Hit, TilePipeline
+
+from .scan_plan import ScanPlan
+
+__all__ = ["ScanOutcome", "ScanRequest", "ScanRunner"]
+
+log = logging.getLogger(__name__)
+Publish = Callable[[str, dict[str, Any]], Any]
+_QUEUE_DEPTH = 2
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class ScanRequest:
+    region_um: tuple[float, float, float, float]
+    overlap_pct: float
+    chip_id: str
+    name: str = ""
+    z_um: float | None = None
+
+
+@dataclass
+class ScanOutcome:
+    scan_id: int
+    status: str  # completed | stopped | failed
+    reason: str
+    tiles_planned: int
+    tiles_done: int
+    flakes: int
+    per_class: dict[int, int]
+    elapsed_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "scan_id": self.scan_id,
+            "status": self.status,
+            "reason": self.reason,
+            "tiles_planned": self.tiles_planned,
+            "tiles_done": self.tiles_done,
+            "flakes": self.flakes,
+            "flakes_per_class": {str(k): v for k, v in sorted(self.per_class.items())},
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+@dataclass
+class _ScanContext:
+    """What the processing worker needs about the scan in progress, and what it tallies."""
+
+    scan_id: int
+    request: ScanRequest
+    plan: ScanPlan
+    thumbnails: Path
+    tiles_done: int = 0
+    flakes: int = 0
+    per_class: Counter = field(default_factory=Counter)
+    error: str | None = None
+
+    def progress(self) -> dict[str, Any]:
+        return {
+            "scan_id": self.scan_id,
+            "tiles_planned": self.plan.n_tiles,
+            "tiles_done": self.tiles_done,
+            "flakes": self.flakes,
+        }
+
+
+class ScanRunner:
+    """Runs scans on one microscope with one pipeline, writing one catalogue."""
+
+    def __init__(
+        self,
+        microscope: Microscope,
+        pipeline: TilePipeline,
+        writer: CatalogueWriter,
+        publish: Publish,
+        *,
+        instrument: str,
+        thumbnails_dir: Path,
+        classifier_name: str = "",
+    ) -> None:
+        self.microscope = microscope
+        self.pipeline = pipeline
+        self.writer = writer
+        self.publish = publish
+        self.instrument = instrument
+        self.thumbnails_dir = thumbnails_dir
+        self.classifier_name = classifier_name
+        self._engine = StrictMDAEngine(microscope)
+        microscope.core.mda.set_engine(self._engine)
+        self._cancel = threading.Event()
+        self.current: dict[str, Any] | None = None  # what `status` reports mid-scan
+
+    # -- planning -------------------------------------------------------------------------
+    def plan(self, request: ScanRequest) -> ScanPlan:
+        """The tiles of a request, refused (TravelLimitError) if any lies outside the limits."""
+        plan = ScanPlan(
+            request.region_um, self.microscope.fov_um, request.overlap_pct, request.z_um
+        )
+        plan.check_limits(self.microscope.limits)
+        return plan
+
+    def open_scan(self, request: ScanRequest, plan: ScanPlan, settings: dict[str, Any]) -> int:
+        """Create the scan's row (status running) and return its id.
+
+        The useq sequence goes into the row's settings, so the scan can be replayed.
+        """
+        settings = {**settings, "mda_sequence": plan.sequence.model_dump(mode="json")}
+        self._cancel.clear()  # here, not in run(): a stop may come before run() starts
+        return self.writer.start_scan(
+            instrument=self.instrument,
+            chip_id=request.chip_id,
+            name=request.name,
+            region_um=request.region_um,
+            overlap_pct=request.overlap_pct,
+            pixel_size_um=self.microscope.pixel_size_um,
+            fov_um=self.microscope.fov_um,
+            tiles_planned=plan.n_tiles,
+            classifier_model=self.classifier_name,
+            settings=settings,
+        )
+
+    def cancel(self) -> None:
+        """Ask the scan to stop at the next tile boundary (thread-safe)."""
+        self._cancel.set()
+        self.microscope.core.mda.cancel()
+
+    # -- running --------------------------------------------------------------------------
+    def run(
+        self,
+        scan_id: int,
+        request: ScanRequest,
+        plan: ScanPlan,
+        on_outcome: Callable[[ScanOutcome], None] | None = None,
+    ) -> ScanOutcome:
+        """Acquire and process every tile of the plan; blocks until the scan ends.
+
+        `on_outcome` runs after the scan is closed in the database and before its final
+        event is published, so whoever reacts to that event sees the settled state.
+        """
+        self.pipeline.start_chip()
+        t0 = time.monotonic()
+        ctx = _ScanContext(scan_id, request, plan, self.thumbnails_dir / f"scan-{scan_id}")
+        ctx.thumbnails.mkdir(parents=True, exist_ok=True)
+        self.current = ctx.progress()
+        self.publish(
+            "scan.started",
+            {
+                "scan_id": scan_id,
+                "chip_id": request.chip_id,
+                "name": request.name,
+                **plan.describe(),
+            },
+        )
+        frames: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+        worker = threading.Thread(
+            target=self._process_frames,
+            args=(frames, ctx),
+            name=f"scan-{scan_id}-worker",
+            daemon=True,
+        )
+        worker.start()
+
+        def on_frame(image: np.ndarray, event: Any, meta: dict) -> None:
+            pos = meta.get("position") or {}
+            frame = Frame(
+                image=image,
+                x_um=float(pos.get("x", event.x_pos)),
+                y_um=float(pos.get("y", event.y_pos)),
+                z_um=float(pos.get("z", event.z_pos or 0.0)),
+                pixel_size_um=self.microscope.pixel_size_um,
+                timestamp=time.time(),
+                linear=self.microscope.pixels_linear,
+                index=ScanPlan.tile_index(event),
+            )
+            frames.put(frame)  # blocks while the worker is behind: backpressure
+
+        def on_started(*_: Any) -> None:
+            # The runner clears its cancel flag as it starts: re-assert a stop asked earlier.
+            if self._cancel.is_set():
+                mda.cancel()
+
+        acquisition_error: str | None = None
+        mda = self.microscope.core.mda
+        mda.events.frameReady.connect(on_frame)
+        mda.events.sequenceStarted.connect(on_started)
+        try:
+            if not self._cancel.is_set():
+                mda.run(plan.sequence)
+        except Exception as exc:  # a device fault: the scan fails with it
+            acquisition_error = f"{type(exc).__name__}: {exc}"
+            log.error("scan %s: acquisition failed: %s", scan_id, acquisition_error)
+        finally:
+            mda.events.sequenceStarted.disconnect(on_started)
+            mda.events.frameReady.disconnect(on_frame)
+            frames.put(_STOP)
+            worker.join()
+        if acquisition_error or ctx.error:
+            self.microscope.stop()
+
+        reason = acquisition_error or ctx.error or ""
+        if reason:
+            status = "failed"
+        elif self._cancel.is_set() and ctx.tiles_done < plan.n_tiles:
+            status, reason = "stopped", "stopped on request"
+        else:
+            status = "completed"
+        self.writer.finish_scan(scan_id, status, reason)
+        outcome = ScanOutcome(
+            scan_id=scan_id,
+            status=status,
+            reason=reason,
+            tiles_planned=plan.n_tiles,
+            tiles_done=ctx.tiles_done,
+            flakes=ctx.flakes,
+            per_class=dict(ctx.per_class),
+            elapsed_s=time.monotonic() - t0,
+        )
+        self.current = None
+        if on_outcome is not None:
+            on_outcome(outcome)
+        self.publish("scan.failed" if status == "failed" else "scan.finished", outcome.as_dict())
+        return outcome
+
+    def _process_frames(self, frames: queue.Queue, ctx: _ScanContext) -> None:
+        """Worker: pipeline, ownership, one transaction per tile, then events."""
+        while (item := frames.get()) is not _STOP:
+            if ctx.error is not None:
+                continue  # drain after a failure; the runner is being cancelled
+            frame: Frame = item
+            try:
+                self._process_one(frame, ctx)
+            except Exception as exc:
+                ctx.error = f"processing tile {frame.index} failed: {type(exc).__name__}: {exc}"
+                log.exception("scan %s: %s", ctx.scan_id, ctx.error)
+                self.microscope.core.mda.cancel()
+
+    def _process_one(self, frame: Frame, ctx: _ScanContext) -> None:
+        acquired_at: datetime = utcnow()
+        result = self.pipeline.process(frame)
+        owned: list[Hit] = [
+            h for h in result.hits if ctx.plan.owner_of(h.x_um, h.y_um) == frame.index
+        ]
+        paths = []
+        for k, hit in enumerate(owned):
+            path = ctx.thumbnails / f"tile{frame.index:04d}-{k:02d}.png"
+            Image.fromarray(hit.thumbnail).save(path)
+            paths.append(str(path))
+        rows = self.writer.record_tile(
+            scan_id=ctx.scan_id,
+            chip_id=ctx.request.chip_id,
+            tile=result,
+            z_um=frame.z_um,
+            acquired_at=acquired_at,
+            hits=owned,
+            thumbnails=paths,
+        )
+        ctx.tiles_done += 1
+        ctx.flakes += len(rows)
+        ctx.per_class.update(r["flake_class"] for r in rows)
+        self.current = ctx.progress()
+        self.publish(
+            "tile.processed",
+            {
+                **ctx.progress(),
+                "tile_index": frame.index,
+                "x_um": round(frame.x_um, 3),
+                "y_um": round(frame.y_um, 3),
+                "candidates": result.n_candidates,
+                "hits": len(rows),
+                "skipped_reason": result.skipped_reason,
+                "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
+            },
+        )
+        for row in rows:
+            self.publish("flake.found", row)

@@ -1,0 +1,286 @@
+"""The scan daemon: control socket, event socket, state machine, scans in a thread.
+
+The main thread owns the control (REP) socket and the state machine; a scan runs in its
+own thread (which in turn runs the MDA runner and a processing worker). Signals only set a
+flag that the main loop acts on, so SIGTERM stops a scan at a tile boundary, keeps what was
+written, and exits 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import zmq
+from sqlalchemy import Engine
+
+from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans
+from flakescan.hardware.errors import HardwareError
+from flakescan.hardware.microscope import Microscope
+
+from .assembly import Components, StartupError, open_components
+from .config import ServiceConfig
+from .events import EventPublisher
+from .protocol import (
+    FlakesParams,
+    GotoFlakeParams,
+    ProtocolError,
+    ScanStartParams,
+    parse_request,
+    reply,
+)
+from .scan import ScanOutcome, ScanRequest, ScanRunner
+from .state import DaemonState, StateMachine
+
+__all__ = ["Daemon", "StartupError"]
+
+log = logging.getLogger(__name__)
+_POLL_MS = 100
+
+
+@dataclass
+class _ActiveScan:
+    thread: threading.Thread
+    scan_id: int
+    outcome: ScanOutcome | None = None
+
+
+class Daemon:
+    """One microscope, one catalogue, one control socket."""
+
+    def __init__(self, config: ServiceConfig, state_dir: Path) -> None:
+        self.config = config
+        self.state_dir = state_dir
+        self._ctx = zmq.Context.instance()
+        self._stop_requested = threading.Event()
+        self._active: _ActiveScan | None = None
+        self._started = time.time()
+        self.last_outcome: dict[str, Any] | None = None
+        self.state = StateMachine(on_change=self._state_changed)
+        self.rep: zmq.Socket | None = None
+        self.pub: zmq.Socket | None = None
+        self.events = EventPublisher(None, config.instrument)
+        self.engine: Engine | None = None
+        self.microscope: Microscope | None = None
+        self.runner: ScanRunner | None = None
+        self.components: Components | None = None
+
+    # -- start and stop -------------------------------------------------------------------
+    def start(self) -> None:
+        """Database, model, hardware, then sockets: ready only when all are up."""
+        cfg = self.config
+        self.components = open_components(cfg, self.state_dir, self._publish)
+        if self.components.interrupted_scans:
+            log.warning(
+                "scans %s were left running by a previous daemon: marked interrupted",
+                self.components.interrupted_scans,
+            )
+        try:
+            self.rep = self._ctx.socket(zmq.REP)
+            self.rep.setsockopt(zmq.LINGER, 0)
+            self.rep.bind(cfg.zmq.control)
+            self.pub = self._ctx.socket(zmq.PUB)
+            self.pub.setsockopt(zmq.LINGER, 1000)
+            self.pub.bind(cfg.zmq.events)
+        except zmq.ZMQError as exc:
+            self._close_sockets()
+            self.components.close()
+            raise StartupError(
+                f"cannot listen on {cfg.zmq.control} / {cfg.zmq.events}: {exc}"
+            ) from exc
+        self.events = EventPublisher(self.pub, cfg.instrument)
+        self.engine = self.components.engine
+        self.microscope = self.components.microscope
+        self.runner = self.components.runner
+        self._hardware_info = self.microscope.describe()
+        log.info(
+            "flakescan daemon ready: control %s, events %s, database %s",
+            cfg.zmq.control,
+            cfg.zmq.events,
+            cfg.database_url(self.state_dir),
+        )
+
+    def _publish(self, topic: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The runner publishes through this, so the socket can be bound after assembly."""
+        return self.events.publish(topic, data)
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            log.info("signal %s: stopping", signal.Signals(signum).name)
+            self._stop_requested.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    def _close_sockets(self) -> None:
+        for sock in (self.rep, self.pub):
+            if sock is not None:
+                sock.close()
+        self.rep = self.pub = None
+
+    def close(self) -> None:
+        """Stop a running scan (keeping what it wrote), release hardware and sockets."""
+        if self._active is not None:
+            if self.runner is not None:
+                self.runner.cancel()
+            self._reap_scan()
+        if self.components is not None:
+            self.components.close()
+            self.components = None
+        self._close_sockets()
+
+    # -- main loop ------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Answer control requests until shutdown or a signal."""
+        assert self.rep is not None
+        poller = zmq.Poller()
+        poller.register(self.rep, zmq.POLLIN)
+        next_beat = 0.0
+        while not self._stop_requested.is_set():
+            if self._active is not None and not self._active.thread.is_alive():
+                self._reap_scan()
+            if time.monotonic() >= next_beat:
+                self.events.publish("daemon.heartbeat", {"state": str(self.state.state)})
+                next_beat = time.monotonic() + self.config.zmq.heartbeat_s
+            if not poller.poll(_POLL_MS):
+                continue
+            raw = self.rep.recv()
+            answer = self.handle(raw)
+            self.rep.send(json.dumps(answer, default=str).encode())
+
+    def handle(self, raw: bytes) -> dict[str, Any]:
+        """One control request to one reply; never raises."""
+        try:
+            method, params = parse_request(raw)
+        except ProtocolError as exc:
+            return reply(False, str(exc))
+        handler = getattr(self, f"_do_{method}")  # looked up outside the try below
+        try:
+            return handler(params)
+        except Exception as exc:  # a handler fault is a reply, not a dead daemon
+            log.exception("%s failed", method)
+            return reply(False, f"{method} failed: {type(exc).__name__}: {exc}")
+
+    # -- state ----------------------------------------------------------------------------
+    def _state_changed(self, old: DaemonState, new: DaemonState, reason: str) -> None:
+        self.events.publish("daemon.state", {"from": str(old), "to": str(new), "reason": reason})
+
+    def _settle(self, out: ScanOutcome | None, reason: str = "") -> None:
+        """A scan ended: record its outcome and leave the scanning/stopping state."""
+        self.last_outcome = out.as_dict() if out else None
+        if out is None or out.status == "failed":
+            self.state.set(DaemonState.ERROR, out.reason if out else reason)
+        else:
+            self.state.set(DaemonState.IDLE, f"scan {out.scan_id} {out.status}")
+
+    def _reap_scan(self) -> None:
+        active, self._active = self._active, None
+        assert active is not None
+        active.thread.join()
+        if active.outcome is None and self.state.state in (
+            DaemonState.SCANNING,
+            DaemonState.STOPPING,
+        ):
+            self._settle(None, f"scan {active.scan_id} crashed; see the log")
+
+    # -- handlers -------------------------------------------------------------------------
+    def _do_status(self, _params: object) -> dict[str, Any]:
+        assert self.runner is not None
+        return reply(
+            True,
+            f"{self.state.state}",
+            state=str(self.state.state),
+            reason=self.state.reason,
+            instrument=self.config.instrument,
+            version=version("flakescan"),
+            uptime_s=round(time.time() - self._started, 1),
+            scan=self.runner.current,
+            last_scan=self.last_outcome,
+            hardware=self._hardware_info,
+            database=self.config.database_url(self.state_dir),
+            events_seq=self.events.seq,
+        )
+
+    def _do_scan_start(self, p: ScanStartParams) -> dict[str, Any]:
+        assert self.runner is not None
+        if not self.state.can(DaemonState.SCANNING):
+            return reply(False, f"cannot start a scan while {self.state.state}")
+        if self._active is not None:  # the last scan has settled; its thread is ending
+            self._reap_scan()
+        defaults = self.config.scan
+        request = ScanRequest(
+            region_um=p.region_um or self.config.scan_region(),
+            overlap_pct=defaults.overlap_pct if p.overlap_pct is None else p.overlap_pct,
+            chip_id=p.chip_id or defaults.chip_id,
+            name=p.name,
+            z_um=p.z_um if p.z_um is not None else defaults.z_um,
+        )
+        try:
+            plan = self.runner.plan(request)
+        except HardwareError as exc:
+            return reply(False, f"scan refused: {exc}")
+        settings = {
+            "preselection": self.config.preselection.model_dump(),
+            "models": self.config.models.model_dump(mode="json"),
+            "objective": self.config.objective.model_dump(),
+        }
+        scan_id = self.runner.open_scan(request, plan, settings)
+        self.state.set(DaemonState.SCANNING, f"scan {scan_id}")
+        active = _ActiveScan(thread=threading.Thread(), scan_id=scan_id)
+
+        def run() -> None:
+            assert self.runner is not None
+            try:
+                active.outcome = self.runner.run(scan_id, request, plan, on_outcome=self._settle)
+            except Exception:
+                log.exception("scan %s crashed", scan_id)
+
+        active.thread = threading.Thread(target=run, name=f"scan-{scan_id}", daemon=True)
+        self._active = active
+        active.thread.start()
+        return reply(True, f"scan {scan_id} started", scan_id=scan_id, **plan.describe())
+
+    def _do_scan_stop(self, _params: object) -> dict[str, Any]:
+        if self.state.state != DaemonState.SCANNING or self.runner is None:
+            return reply(False, f"no scan to stop (state {self.state.state})")
+        self.state.set(DaemonState.STOPPING, "stop requested")
+        self.runner.cancel()
+        return reply(True, "stopping at the next tile boundary")
+
+    def _do_goto_flake(self, p: GotoFlakeParams) -> dict[str, Any]:
+        assert self.engine is not None and self.microscope is not None
+        if self.state.state in (DaemonState.SCANNING, DaemonState.STOPPING):
+            return reply(False, f"cannot move the stage while {self.state.state}")
+        flake = get_flake(self.engine, p.flake_id)
+        if flake is None:
+            return reply(False, f"no flake with id {p.flake_id}")
+        try:
+            self.microscope.move_xy(flake["x_um"], flake["y_um"])
+        except HardwareError as exc:
+            return reply(False, f"goto_flake {p.flake_id}: {exc}")
+        x, y = self.microscope.position()
+        return reply(True, f"at flake {p.flake_id}", flake=flake, position_um=[x, y])
+
+    def _do_flakes(self, p: FlakesParams) -> dict[str, Any]:
+        assert self.engine is not None
+        rows = find_flakes(self.engine, FlakeQuery(**p.model_dump()))
+        return reply(True, f"{len(rows)} flakes", flakes=rows)
+
+    def _do_scans(self, _params: object) -> dict[str, Any]:
+        assert self.engine is not None
+        rows = list_scans(self.engine)
+        return reply(True, f"{len(rows)} scans", scans=rows)
+
+    def _do_shutdown(self, _params: object) -> dict[str, Any]:
+        self._stop_requested.set()
+        return reply(True, "shutting down")

@@ -1,0 +1,165 @@
+"""Writing the catalogue. Only the daemon writes, through one `CatalogueWriter`.
+
+Each tile is one transaction (its row and its flakes together), so a scan cut short by a
+fault or a kill keeps every tile it finished, and never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.orm import Session
+
+from flakescan.inference.pipeline import Hit, TileResult
+
+from .models import Flake, Scan, Tile, utcnow
+
+__all__ = ["CatalogueWriter"]
+
+
+class CatalogueWriter:
+    """Scans, tiles and flakes into the database; one instance, one thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def mark_interrupted(self) -> list[int]:
+        """Scans still 'running' belong to a daemon that died: mark them interrupted."""
+        with Session(self.engine) as s, s.begin():
+            ids = list(s.scalars(select(Scan.id).where(Scan.status == "running")))
+            if ids:
+                s.execute(
+                    update(Scan)
+                    .where(Scan.id.in_(ids))
+                    .values(
+                        status="interrupted", reason="daemon stopped mid-scan", finished_at=utcnow()
+                    )
+                )
+        return ids
+
+    def start_scan(
+        self,
+        *,
+        instrument: str,
+        chip_id: str,
+        name: str,
+        region_um: tuple[float, float, float, float],
+        overlap_pct: float,
+        pixel_size_um: float,
+        fov_um: tuple[float, float],
+        tiles_planned: int,
+        classifier_model: str,
+        settings: dict,
+    ) -> int:
+        with Session(self.engine) as s, s.begin():
+            scan = Scan(
+                instrument=instrument,
+                chip_id=chip_id,
+                name=name,
+                status="running",
+                region_x0_um=region_um[0],
+                region_y0_um=region_um[1],
+                region_x1_um=region_um[2],
+                region_y1_um=region_um[3],
+                overlap_pct=overlap_pct,
+                pixel_size_um=pixel_size_um,
+                fov_width_um=fov_um[0],
+                fov_height_um=fov_um[1],
+                tiles_planned=tiles_planned,
+                classifier_model=classifier_model,
+                settings_json=json.dumps(settings, default=str),
+            )
+            s.add(scan)
+            s.flush()
+            return scan.id
+
+    def record_tile(
+        self,
+        *,
+        scan_id: int,
+        chip_id: str,
+        tile: TileResult,
+        z_um: float,
+        acquired_at: datetime,
+        hits: Sequence[Hit],
+        thumbnails: Sequence[str],
+    ) -> list[dict]:
+        """Store a processed tile and its hits in one transaction; return the flake rows."""
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            bg = (*tile.background, 0.0, 0.0, 0.0)[:3]
+            row = Tile(
+                scan_id=scan_id,
+                tile_index=tile.index,
+                x_um=tile.x_um,
+                y_um=tile.y_um,
+                z_um=z_um,
+                acquired_at=acquired_at,
+                candidates=tile.n_candidates,
+                hits=len(hits),
+                processing_ms=tile.timings_ms.get("total", 0.0),
+                background_r=bg[0],
+                background_g=bg[1],
+                background_b=bg[2],
+                skipped_reason=tile.skipped_reason or "",
+            )
+            s.add(row)
+            s.flush()
+            flakes = [
+                Flake(
+                    scan_id=scan_id,
+                    tile_id=row.id,
+                    chip_id=chip_id,
+                    x_um=h.x_um,
+                    y_um=h.y_um,
+                    bbox_x0_um=h.bbox_um[0],
+                    bbox_y0_um=h.bbox_um[1],
+                    bbox_x1_um=h.bbox_um[2],
+                    bbox_y1_um=h.bbox_um[3],
+                    area_um2=h.area_um2,
+                    flake_class=h.flake_class,
+                    score_class1=h.scores[0],
+                    score_class2=h.scores[1],
+                    score_class3=h.scores[2],
+                    score_any=h.scores[-1],
+                    contrast_r=h.contrast[0],
+                    contrast_g=h.contrast[1] if len(h.contrast) > 1 else h.contrast[0],
+                    contrast_b=h.contrast[2] if len(h.contrast) > 2 else h.contrast[0],
+                    contrast_class=h.contrast_class,
+                    axis_angle_deg=h.axis_angle_deg,
+                    axis_confidence=h.axis_confidence,
+                    touches_border=h.touches_border,
+                    thumbnail_path=thumb,
+                )
+                for h, thumb in zip(hits, thumbnails, strict=True)
+            ]
+            s.add_all(flakes)
+            s.execute(
+                update(Scan)
+                .where(Scan.id == scan_id)
+                .values(
+                    tiles_done=Scan.tiles_done + 1, flakes_found=Scan.flakes_found + len(flakes)
+                )
+            )
+            s.flush()
+            return [f.as_dict() for f in flakes]
+
+    def finish_scan(self, scan_id: int, status: str, reason: str = "") -> dict:
+        """Close a scan with its final status; returns the scan's summary row."""
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            scan = s.get(Scan, scan_id)
+            if scan is None:
+                raise KeyError(f"no scan {scan_id}")
+            scan.status = status
+            scan.reason = reason
+            scan.finished_at = utcnow()
+            return {
+                "scan_id": scan.id,
+                "status": scan.status,
+                "reason": scan.reason,
+                "tiles_planned": scan.tiles_planned,
+                "tiles_done": scan.tiles_done,
+                "flakes_found": scan.flakes_found,
+            }

@@ -1,0 +1,136 @@
+"""The flake catalogue schema: scans, the tiles they imaged, the flakes found.
+
+Coordinates are stage micrometres (x along image columns, y along image rows); times are
+UTC; angles are degrees. The tables are meant to be read with plain `sqlite3` as well as
+through SQLAlchemy, so names are spelled out and units are in the column names.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+__all__ = ["SCHEMA_VERSION", "Base", "Flake", "Scan", "Tile", "utcnow"]
+
+# Stored in PRAGMA user_version; bumped with every schema change (migrations in #8).
+SCHEMA_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Scan(Base):
+    """One scan of one chip region."""
+
+    __tablename__ = "scans"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    instrument: Mapped[str] = mapped_column(String(64))
+    chip_id: Mapped[str] = mapped_column(String(128), index=True)
+    name: Mapped[str] = mapped_column(String(256), default="")
+    # running | completed | stopped | failed | interrupted
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    started_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
+    region_x0_um: Mapped[float] = mapped_column(Float)
+    region_y0_um: Mapped[float] = mapped_column(Float)
+    region_x1_um: Mapped[float] = mapped_column(Float)
+    region_y1_um: Mapped[float] = mapped_column(Float)
+    overlap_pct: Mapped[float] = mapped_column(Float)
+    pixel_size_um: Mapped[float] = mapped_column(Float)
+    fov_width_um: Mapped[float] = mapped_column(Float)
+    fov_height_um: Mapped[float] = mapped_column(Float)
+    tiles_planned: Mapped[int] = mapped_column(Integer)
+    tiles_done: Mapped[int] = mapped_column(Integer, default=0)
+    flakes_found: Mapped[int] = mapped_column(Integer, default=0)
+    classifier_model: Mapped[str] = mapped_column(String(256), default="")
+    settings_json: Mapped[str] = mapped_column(Text, default="{}")
+
+    tiles: Mapped[list[Tile]] = relationship(back_populates="scan", cascade="all, delete-orphan")
+    flakes: Mapped[list[Flake]] = relationship(back_populates="scan", cascade="all, delete-orphan")
+
+
+class Tile(Base):
+    """One field of view of a scan, processed."""
+
+    __tablename__ = "tiles"
+    __table_args__ = (UniqueConstraint("scan_id", "tile_index"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    tile_index: Mapped[int] = mapped_column(Integer)
+    x_um: Mapped[float] = mapped_column(Float)
+    y_um: Mapped[float] = mapped_column(Float)
+    z_um: Mapped[float] = mapped_column(Float)
+    acquired_at: Mapped[datetime] = mapped_column(DateTime)
+    processed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    candidates: Mapped[int] = mapped_column(Integer)
+    hits: Mapped[int] = mapped_column(Integer)
+    processing_ms: Mapped[float] = mapped_column(Float)
+    background_r: Mapped[float] = mapped_column(Float)
+    background_g: Mapped[float] = mapped_column(Float)
+    background_b: Mapped[float] = mapped_column(Float)
+    skipped_reason: Mapped[str] = mapped_column(Text, default="")
+
+    scan: Mapped[Scan] = relationship(back_populates="tiles")
+
+
+class Flake(Base):
+    """A hit: a candidate the classifier accepted."""
+
+    __tablename__ = "flakes"
+    __table_args__ = (Index("ix_flakes_class_area", "flake_class", "area_um2"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
+    tile_id: Mapped[int] = mapped_column(ForeignKey("tiles.id", ondelete="CASCADE"), index=True)
+    chip_id: Mapped[str] = mapped_column(String(128), index=True)
+    x_um: Mapped[float] = mapped_column(Float)
+    y_um: Mapped[float] = mapped_column(Float)
+    bbox_x0_um: Mapped[float] = mapped_column(Float)
+    bbox_y0_um: Mapped[float] = mapped_column(Float)
+    bbox_x1_um: Mapped[float] = mapped_column(Float)
+    bbox_y1_um: Mapped[float] = mapped_column(Float)
+    area_um2: Mapped[float] = mapped_column(Float)
+    flake_class: Mapped[int] = mapped_column(Integer)
+    score_class1: Mapped[float] = mapped_column(Float)
+    score_class2: Mapped[float] = mapped_column(Float)
+    score_class3: Mapped[float] = mapped_column(Float)
+    score_any: Mapped[float] = mapped_column(Float)
+    contrast_r: Mapped[float] = mapped_column(Float)
+    contrast_g: Mapped[float] = mapped_column(Float)
+    contrast_b: Mapped[float] = mapped_column(Float)
+    contrast_class: Mapped[int] = mapped_column(Integer)
+    axis_angle_deg: Mapped[float | None] = mapped_column(Float, nullable=True)
+    axis_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    touches_border: Mapped[bool] = mapped_column(Boolean)
+    thumbnail_path: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    scan: Mapped[Scan] = relationship(back_populates="flakes")
+
+    def as_dict(self) -> dict:
+        """Plain values, for JSON, CSV and events."""
+        return {
+            c.name: (v.isoformat() + "Z" if isinstance(v, datetime) else v)
+            for c in self.__table__.columns
+            for v in [getattr(self, c.key)]
+        }

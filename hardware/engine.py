@@ -1,0 +1,71 @@
+"""An MDA engine that fails loudly.
+
+pymmcore-plus's default `MDAEngine` logs a warning and carries on when an XY move, a channel
+change or a snap fails, so an acquisition can "complete" with tiles missing. A flake scan
+must not: this engine routes every move through the `Microscope` (travel limits checked
+before commanding) and lets every device error propagate, so the runner stops and the scan
+fails with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from pymmcore_plus.mda import MDAEngine
+from pymmcore_plus.metadata.schema import SummaryMetaV1
+from useq import MDAEvent, MDASequence
+
+from .microscope import Microscope, _device_call
+
+__all__ = ["StrictMDAEngine"]
+
+
+class StrictMDAEngine(MDAEngine):
+    """MDAEngine whose moves honour travel limits and whose failures raise."""
+
+    def __init__(self, microscope: Microscope) -> None:
+        super().__init__(
+            microscope.core, use_hardware_sequencing=False, restore_initial_state=False
+        )
+        self.microscope = microscope
+
+    def setup_sequence(self, sequence: MDASequence) -> SummaryMetaV1 | None:
+        # The parent fits grid plans to the current field of view; nothing moves yet. Then
+        # the whole plan is refused up front if any position lies outside the limits.
+        meta = super().setup_sequence(sequence)
+        for event in sequence:
+            if event.x_pos is not None and event.y_pos is not None:
+                self.microscope.check_xy(event.x_pos, event.y_pos)
+            if event.z_pos is not None:
+                self.microscope.check_z(event.z_pos)
+        return meta
+
+    def setup_event(self, event: MDAEvent) -> None:
+        self.setup_single_event(event)
+        with _device_call("system", "wait for devices"):
+            self.mmcore.waitForSystem()
+
+    def setup_single_event(self, event: MDAEvent) -> None:
+        mic = self.microscope
+        if event.x_pos is not None or event.y_pos is not None:
+            x, y = event.x_pos, event.y_pos
+            if x is None or y is None:
+                cx, cy = mic.position()
+                x, y = (cx if x is None else x), (cy if y is None else y)
+            mic.move_xy(x, y, wait=False)
+        if event.z_pos is not None:
+            mic.move_z(event.z_pos, wait=False)
+        if event.channel is not None:
+            with _device_call("config", f"set {event.channel.group}={event.channel.config}"):
+                self.mmcore.setConfig(event.channel.group, event.channel.config)
+        if event.exposure is not None:
+            with _device_call(mic.camera_label, f"set exposure {event.exposure} ms"):
+                self.mmcore.setExposure(event.exposure)
+
+    def exec_single_event(self, event: MDAEvent) -> Iterator:
+        mic = self.microscope
+        with _device_call(mic.camera_label, "snap"):
+            self.mmcore.snapImage()
+            image = self.mmcore.getImage()
+        meta = self.get_frame_metadata(event, include_position=True)
+        yield image, event, meta

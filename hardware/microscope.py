@@ -1,0 +1,195 @@
+"""One facade over a Micro-Manager core: XY stage, focus, camera and pixel size.
+
+Everything above the hardware layer moves and images through this class, so the two rules
+of hardware safety live here once: no move leaves the configured travel limits (checked
+before anything is commanded), and no device fault is swallowed (every failure of the core
+or a device is raised as a `HardwareError` naming the device).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import numpy as np
+from pymmcore_plus import CMMCorePlus
+
+from .config import TravelLimits
+from .errors import DeviceError, HardwareError, TravelLimitError
+from .frame import Frame
+
+__all__ = ["Microscope"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@contextmanager
+def _device_call(device: str, action: str) -> Iterator[None]:
+    """Re-raise anything a device or the core throws as a DeviceError that names both."""
+    try:
+        yield
+    except HardwareError:
+        raise
+    except Exception as exc:
+        raise DeviceError(f"{device}: {action} failed: {exc}") from exc
+
+
+class Microscope:
+    """XY stage, focus and camera of one Micro-Manager core, with travel limits enforced."""
+
+    def __init__(
+        self,
+        core: CMMCorePlus,
+        limits: TravelLimits,
+        *,
+        pixels_linear: bool = True,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.limits = limits
+        self.pixels_linear = pixels_linear
+        self._on_close = on_close
+        for role, label in (
+            ("XY stage", core.getXYStageDevice()),
+            ("focus", core.getFocusDevice()),
+            ("camera", core.getCameraDevice()),
+        ):
+            if not label:
+                raise HardwareError(f"the Micro-Manager configuration has no {role} device")
+        if self.pixel_size_um <= 0:
+            raise HardwareError("no pixel size is defined for the current objective")
+
+    # -- devices -----------------------------------------------------------------------
+    @property
+    def xy_label(self) -> str:
+        return self.core.getXYStageDevice()
+
+    @property
+    def z_label(self) -> str:
+        return self.core.getFocusDevice()
+
+    @property
+    def camera_label(self) -> str:
+        return self.core.getCameraDevice()
+
+    @property
+    def pixel_size_um(self) -> float:
+        return float(self.core.getPixelSizeUm())
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        """(height, width) of camera frames in pixels."""
+        return (int(self.core.getImageHeight()), int(self.core.getImageWidth()))
+
+    @property
+    def fov_um(self) -> tuple[float, float]:
+        """(width, height) of the field of view in um."""
+        h, w = self.frame_shape
+        return (w * self.pixel_size_um, h * self.pixel_size_um)
+
+    # -- limits ------------------------------------------------------------------------
+    def check_xy(self, x_um: float, y_um: float) -> None:
+        """Raise TravelLimitError if (x, y) lies outside the travel limits."""
+        lim = self.limits
+        if not (np.isfinite(x_um) and np.isfinite(y_um)) or not lim.contains_xy(x_um, y_um):
+            raise TravelLimitError(
+                f"XY target ({x_um:.1f}, {y_um:.1f}) um is outside the travel limits "
+                f"x [{lim.x_min_um}, {lim.x_max_um}], y [{lim.y_min_um}, {lim.y_max_um}]"
+            )
+
+    def check_z(self, z_um: float) -> None:
+        """Raise TravelLimitError if z lies outside the travel limits."""
+        lim = self.limits
+        if not np.isfinite(z_um) or not lim.contains_z(z_um):
+            raise TravelLimitError(
+                f"Z target {z_um:.2f} um is outside the travel limits "
+                f"[{lim.z_min_um}, {lim.z_max_um}]"
+            )
+
+    # -- motion ------------------------------------------------------------------------
+    def position(self) -> tuple[float, float]:
+        with _device_call(self.xy_label, "read position"):
+            x, y = self.core.getXYPosition()
+        return (float(x), float(y))
+
+    def z(self) -> float:
+        with _device_call(self.z_label, "read position"):
+            return float(self.core.getZPosition())
+
+    def move_xy(self, x_um: float, y_um: float, *, wait: bool = True) -> None:
+        """Move the stage to (x, y) um; refused before commanding if outside the limits."""
+        self.check_xy(x_um, y_um)
+        with _device_call(self.xy_label, f"move to ({x_um:.1f}, {y_um:.1f}) um"):
+            self.core.setXYPosition(float(x_um), float(y_um))
+        if wait:
+            self.wait(self.xy_label)
+
+    def move_z(self, z_um: float, *, wait: bool = True) -> None:
+        """Move focus to z um; refused before commanding if outside the limits."""
+        self.check_z(z_um)
+        with _device_call(self.z_label, f"move to z {z_um:.2f} um"):
+            self.core.setZPosition(float(z_um))
+        if wait:
+            self.wait(self.z_label)
+
+    def wait(self, label: str) -> None:
+        """Block until a device is idle; a device stuck busy past the timeout raises."""
+        with _device_call(label, "wait for device"):
+            self.core.waitForDevice(label)
+
+    def stop(self) -> None:
+        """Stop stage motion (used when a scan is cancelled or the daemon stops)."""
+        for label in (self.xy_label, self.z_label):
+            try:
+                self.core.stop(label)
+            except Exception as exc:  # a stop that fails is reported, never hidden
+                log.error("stopping %s failed: %s", label, exc)
+
+    # -- imaging -----------------------------------------------------------------------
+    def snap(self, index: int = 0) -> Frame:
+        """Snap one image at the current position and return it as a Frame."""
+        with _device_call(self.camera_label, "snap"):
+            self.core.snapImage()
+            image = self.core.getImage()
+        return self.frame_from(image, index=index)
+
+    def frame_from(
+        self, image: np.ndarray, *, index: int = 0, metadata: dict | None = None
+    ) -> Frame:
+        """Wrap an image just taken with the stage position, pixel size and time."""
+        x, y = self.position()
+        return Frame(
+            image=image,
+            x_um=x,
+            y_um=y,
+            z_um=self.z(),
+            pixel_size_um=self.pixel_size_um,
+            timestamp=time.time(),
+            linear=self.pixels_linear,
+            index=index,
+            metadata=dict(metadata or {}),
+        )
+
+    def close(self) -> None:
+        """Release the devices (unload them from the core)."""
+        try:
+            self.core.unloadAllDevices()
+        finally:
+            if self._on_close is not None:
+                self._on_close()
+
+    def describe(self) -> dict[str, Any]:
+        """What status reports about the hardware."""
+        w, h = self.fov_um
+        return {
+            "xy_stage": self.xy_label,
+            "focus": self.z_label,
+            "camera": self.camera_label,
+            "pixel_size_um": self.pixel_size_um,
+            "fov_um": [round(w, 2), round(h, 2)],
+            "limits": self.limits.model_dump(),
+        }

@@ -1,0 +1,70 @@
+"""Inference settings of service.toml: `[preselection]` and `[models]`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = ["ModelsConfig", "PreselectionConfig", "default_classifier_path"]
+
+_MODELS_DIR = Path(__file__).parent / "models"
+
+
+def default_classifier_path() -> Path:
+    """The small CNN-4 classifier shipped with flakescan (see its model card)."""
+    return _MODELS_DIR / "flake_classifier_cnn4.onnx"
+
+
+class PreselectionConfig(BaseModel):
+    """Hand-coded colour preselection: which pixels look like a thin flake on this wafer.
+
+    Contrast is C = (background - pixel) / background per channel on linear intensities;
+    defaults suit graphene on 285 nm SiO2 (monolayer R/G/B about 7 / 6 / 0 %).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Per-channel contrast window (R, G, B) a pixel must fall in.
+    contrast_min: tuple[float, float, float] = (0.03, 0.015, -0.06)
+    contrast_max: tuple[float, float, float] = (0.33, 0.35, 0.06)
+    # The GrapheneClassifier bins on R contrast: <=12 %, 12-19 %, 19-30 % (classes 1-3).
+    class_bins: tuple[float, float, float, float] = (0.0, 0.12, 0.19, 0.30)
+    min_area_um2: float = Field(20.0, ge=0)
+    smooth_sigma_px: float = Field(1.0, ge=0, le=10)
+    opening_radius_px: int = Field(2, ge=0, le=10)
+    # Share of a tile that must look like bare wafer for its background to be trusted.
+    min_background_fraction: float = Field(0.1, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PreselectionConfig:
+        for i, ch in enumerate("RGB"):
+            if self.contrast_min[i] >= self.contrast_max[i]:
+                raise ValueError(
+                    f"contrast_min[{ch}] = {self.contrast_min[i]} must be below "
+                    f"contrast_max[{ch}] = {self.contrast_max[i]}"
+                )
+        if list(self.class_bins) != sorted(self.class_bins):
+            raise ValueError(f"class_bins must increase, got {list(self.class_bins)}")
+        return self
+
+
+class ModelsConfig(BaseModel):
+    """`[models]`: which networks score candidates, and on what."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    classifier: Path = Field(default_factory=default_classifier_path)
+    # onnxruntime on "cpu" or "cuda"; tensorrt always on a GPU. No silent fallback.
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    device: Literal["cpu", "cuda"] = "cpu"
+    threshold: float = Field(0.5, gt=0, lt=1)
+    batch_size: int = Field(32, ge=1, le=4096)
+    intra_op_threads: int = Field(0, ge=0, le=256, description="0: ONNX Runtime decides")
+
+    @model_validator(mode="after")
+    def _tensorrt_on_gpu(self) -> ModelsConfig:
+        if self.backend == "tensorrt" and self.device != "cuda":
+            raise ValueError("backend 'tensorrt' runs on a GPU: set device = 'cuda'")
+        return self

@@ -1,0 +1,175 @@
+"""Tile processing: preselection -> CNN on candidate crops -> axis angle -> hits.
+
+No threads, sockets or database here: the daemon runs it in its processing worker and logs
+what it returns. Its one piece of state is the wafer colour of the chip being scanned,
+learnt from tiles that are mostly bare wafer and used to anchor the background fit of tiles
+that are not (the chip edge); `start_chip()` forgets it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flakescan.hardware.frame import Frame
+
+from .axis import estimate_axis
+from .classifier import FlakeClassifier
+from .config import PreselectionConfig
+from .crops import classifier_crop
+from .preselection import Candidate, preselect
+
+__all__ = ["CLEAN_TILE_FRACTION", "Hit", "TilePipeline", "TileResult"]
+
+_AXIS_MARGIN_PX = 6
+_THUMB_MARGIN_PX = 24
+# A tile this much bare wafer teaches the pipeline the chip's wafer colour (training's data
+# generator follows the same rule, so the network sees tiles as the daemon does).
+CLEAN_TILE_FRACTION = 0.6
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A candidate the classifier accepted, in stage coordinates."""
+
+    x_um: float
+    y_um: float
+    bbox_um: tuple[float, float, float, float]  # x0, y0, x1, y1
+    area_um2: float
+    flake_class: int  # 1-3, the classifier's most likely contrast class
+    scores: tuple[float, ...]  # per model class, the last being "any"
+    contrast: tuple[float, ...]  # median contrast per channel (R, G, B)
+    contrast_class: int  # bin of the measured R contrast (0: outside the bins)
+    axis_angle_deg: float | None
+    axis_confidence: float | None
+    touches_border: bool
+    centroid_px: tuple[float, float]
+    thumbnail: np.ndarray = field(repr=False)  # sRGB uint8 crop, for people to look at
+
+
+@dataclass(frozen=True)
+class TileResult:
+    index: int
+    x_um: float
+    y_um: float
+    n_candidates: int
+    hits: list[Hit]
+    background: tuple[float, ...]
+    skipped_reason: str | None
+    timings_ms: dict[str, float]
+
+
+def _srgb_thumbnail(image: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
+    """Crop round a bbox, encoded for display (linear -> sRGB gamma, stretched to white)."""
+    h, w = image.shape[:2]
+    r0, c0, r1, c1 = bbox
+    m = _THUMB_MARGIN_PX
+    crop = image[max(r0 - m, 0) : min(r1 + m, h), max(c0 - m, 0) : min(c1 + m, w)]
+    f = crop.astype(np.float32) / max(float(np.percentile(image, 99.5)), 1.0)
+    return (255 * np.clip(f, 0, 1) ** (1 / 2.2)).astype(np.uint8)
+
+
+class TilePipeline:
+    """Turns one frame into its hits."""
+
+    def __init__(
+        self,
+        preselection: PreselectionConfig,
+        classifier: FlakeClassifier,
+        threshold: float = 0.5,
+        axis_modulus_deg: float = 30.0,
+    ) -> None:
+        self.preselection = preselection
+        self.classifier = classifier
+        self.threshold = threshold
+        self.axis_modulus_deg = axis_modulus_deg
+        self.wafer_colour: np.ndarray | None = None
+
+    def start_chip(self) -> None:
+        """Forget the wafer colour: the next tiles may show another chip."""
+        self.wafer_colour = None
+
+    def _axis(self, contrast: np.ndarray, cand: Candidate) -> tuple[float | None, float | None]:
+        h, w = contrast.shape[:2]
+        r0, c0, r1, c1 = cand.bbox_px
+        m = _AXIS_MARGIN_PX
+        R0, C0, R1, C1 = max(r0 - m, 0), max(c0 - m, 0), min(r1 + m, h), min(c1 + m, w)
+        region = np.zeros((R1 - R0, C1 - C0), bool)
+        region[r0 - R0 : r1 - R0, c0 - C0 : c1 - C0] = cand.mask
+        # Project the contrast on the flake's own colour: works for any material's signs.
+        direction = np.asarray(cand.contrast, np.float32)
+        norm = float(np.linalg.norm(direction))
+        if norm == 0:
+            return None, None
+        signal = contrast[R0:R1, C0:C1] @ (direction / norm)
+        est = estimate_axis(signal, region, modulus_deg=self.axis_modulus_deg)
+        return (est.angle_deg, est.confidence) if est else (None, None)
+
+    def process(self, frame: Frame) -> TileResult:
+        t0 = time.perf_counter()
+        pre = preselect(frame.image, frame.pixel_size_um, self.preselection, self.wafer_colour)
+        if pre.background.fraction >= CLEAN_TILE_FRACTION:
+            self.wafer_colour = pre.background.colour
+        t1 = time.perf_counter()
+        cands = pre.candidates
+        scores = np.zeros((0, len(self.classifier.classes)), np.float32)
+        if cands and pre.contrast is not None:
+            crops = np.stack(
+                [
+                    classifier_crop(
+                        pre.contrast,
+                        c.centroid_px,
+                        frame.pixel_size_um,
+                        self.classifier.crop_um,
+                        self.classifier.input_px,
+                    )
+                    for c in cands
+                ]
+            )
+            scores = self.classifier.scores(crops)
+        t2 = time.perf_counter()
+        hits: list[Hit] = []
+        px = frame.pixel_size_um
+        for cand, s in zip(cands, scores, strict=True):
+            if s[-1] < self.threshold:
+                continue
+            assert pre.contrast is not None
+            angle, conf = self._axis(pre.contrast, cand)
+            r0, c0, r1, c1 = cand.bbox_px
+            x0, y0 = frame.pixel_to_stage(r0 - 0.5, c0 - 0.5)
+            x, y = frame.pixel_to_stage(*cand.centroid_px)
+            hits.append(
+                Hit(
+                    x_um=x,
+                    y_um=y,
+                    bbox_um=(x0, y0, x0 + (c1 - c0) * px, y0 + (r1 - r0) * px),
+                    area_um2=cand.area_um2,
+                    flake_class=1 + int(np.argmax(s[:-1])),
+                    scores=tuple(float(v) for v in s),
+                    contrast=cand.contrast,
+                    contrast_class=cand.contrast_class,
+                    axis_angle_deg=angle,
+                    axis_confidence=conf,
+                    touches_border=cand.touches_border,
+                    centroid_px=cand.centroid_px,
+                    thumbnail=_srgb_thumbnail(frame.image, cand.bbox_px),
+                )
+            )
+        t3 = time.perf_counter()
+        return TileResult(
+            index=frame.index,
+            x_um=frame.x_um,
+            y_um=frame.y_um,
+            n_candidates=len(cands),
+            hits=hits,
+            background=tuple(float(v) for v in pre.background.colour),
+            skipped_reason=pre.skipped_reason,
+            timings_ms={
+                "preselection": 1000 * (t1 - t0),
+                "classifier": 1000 * (t2 - t1),
+                "axis": 1000 * (t3 - t2),
+                "total": 1000 * (t3 - t0),
+            },
+        )

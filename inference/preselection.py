@@ -1,0 +1,128 @@
+"""Hand-coded preselection: regions whose colour contrast against the wafer looks like a thin flake.
+
+This is the cheap first stage of the seed's flake hunter: per-channel contrast against a
+fitted background, a window per channel, a morphological opening against noise and thin
+rings round thick crystals, connected components, and a minimum area in um2. Each surviving
+region is a `Candidate` for the CNN, with its median contrast and the GrapheneClassifier
+contrast bin (R <= 12 %, 12-19 %, 19-30 %).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .background import Background, estimate_background
+from .config import PreselectionConfig
+
+__all__ = ["Candidate", "PreselectionResult", "contrast_class", "preselect"]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A connected region that passed the colour window, in tile pixels."""
+
+    bbox_px: tuple[int, int, int, int]  # row0, col0, row1, col1 (exclusive)
+    centroid_px: tuple[float, float]  # row, col
+    area_px: int
+    area_um2: float
+    contrast: tuple[float, ...]  # median contrast per channel (R, G, B)
+    contrast_class: int  # 1-3 by the R-contrast bins, 0 outside them
+    touches_border: bool
+    mask: np.ndarray  # bool, the region inside bbox_px
+
+
+@dataclass(frozen=True)
+class PreselectionResult:
+    """Candidates of one tile plus what later stages reuse (background, contrast image)."""
+
+    candidates: list[Candidate]
+    background: Background
+    contrast: np.ndarray | None  # (h, w, c) float32 smoothed contrast; None if skipped
+    skipped_reason: str | None = None
+
+
+def contrast_class(r_contrast: float, bins: tuple[float, ...]) -> int:
+    """GrapheneClassifier class (1..len(bins)-1) of an R contrast, 0 outside the bins."""
+    for k in range(1, len(bins)):
+        if bins[k - 1] < r_contrast <= bins[k]:
+            return k
+    return 0
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    return xx**2 + yy**2 <= radius**2 + 0.5
+
+
+def contrast_image(image: np.ndarray, background: Background, smooth_sigma_px: float) -> np.ndarray:
+    """(h, w, c) float32 contrast 1 - I / background, lightly smoothed against noise."""
+    img = image.astype(np.float32)
+    if img.ndim == 2:
+        img = img[..., None]
+    if smooth_sigma_px > 0:
+        img = ndimage.gaussian_filter(img, sigma=(smooth_sigma_px, smooth_sigma_px, 0))
+    bg = background.evaluate()
+    np.maximum(bg, 1e-3, out=bg)
+    return 1.0 - img / bg
+
+
+def preselect(
+    image: np.ndarray,
+    pixel_size_um: float,
+    cfg: PreselectionConfig,
+    wafer_colour: np.ndarray | None = None,
+) -> PreselectionResult:
+    """Find flake-coloured regions in a linear (h, w, 3) or mono (h, w) tile.
+
+    `wafer_colour`, the background seen on earlier tiles of the chip, anchors the
+    background fit where the tile itself is mostly something else (the chip edge).
+    """
+    background = estimate_background(image, reference=wafer_colour)
+    if background.fraction < cfg.min_background_fraction:
+        return PreselectionResult(
+            [],
+            background,
+            None,
+            skipped_reason=f"only {background.fraction:.0%} of the tile looks like bare wafer",
+        )
+    contrast = contrast_image(image, background, cfg.smooth_sigma_px)
+    n_ch = contrast.shape[2]
+    lo = np.asarray(cfg.contrast_min[:n_ch], dtype=np.float32)
+    hi = np.asarray(cfg.contrast_max[:n_ch], dtype=np.float32)
+    inside = np.logical_and(contrast >= lo, contrast <= hi).all(axis=2)
+    if cfg.opening_radius_px > 0:
+        inside = ndimage.binary_opening(inside, structure=_disk(cfg.opening_radius_px))
+    labels, n = ndimage.label(inside, structure=np.ones((3, 3), bool))
+    if n == 0:
+        return PreselectionResult([], background, contrast)
+    px_area = pixel_size_um**2
+    min_px = cfg.min_area_um2 / px_area
+    areas = np.bincount(labels.ravel(), minlength=n + 1)
+    h, w = labels.shape
+    candidates: list[Candidate] = []
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        if sl is None or areas[k] < min_px:
+            continue
+        region = labels[sl] == k
+        rr, cc = np.nonzero(region)
+        # Median contrast of the interior: edge pixels mix flake and wafer.
+        interior = ndimage.binary_erosion(region, iterations=2)
+        use = interior if interior.sum() >= 8 else region
+        med = np.median(contrast[sl][use], axis=0)
+        r0, c0, r1, c1 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
+        candidates.append(
+            Candidate(
+                bbox_px=(r0, c0, r1, c1),
+                centroid_px=(float(rr.mean() + r0), float(cc.mean() + c0)),
+                area_px=int(areas[k]),
+                area_um2=float(areas[k] * px_area),
+                contrast=tuple(float(x) for x in med),
+                contrast_class=contrast_class(float(med[0]), cfg.class_bins),
+                touches_border=r0 == 0 or c0 == 0 or r1 == h or c1 == w,
+                mask=region,
+            )
+        )
+    return PreselectionResult(candidates, background, contrast)

@@ -1,0 +1,104 @@
+"""Parameters of the simulated microscope and chip: the `[simulator]` section of service.toml.
+
+Every random draw of a chip or a frame comes from `seed`, so a scan on the simulator can be
+repeated exactly and checked against the chip's ground truth.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "ChipSpec",
+    "FaultSpec",
+    "ImagingSpec",
+    "SimulatorConfig",
+    "StageSpec",
+]
+
+
+class ChipSpec(BaseModel):
+    """What lies on the chip: material, oxide, and how many objects of each kind per mm2."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    material: Literal["graphene", "hBN"] = "graphene"
+    oxide_nm: float = Field(285.0, gt=0, le=2000)
+    width_um: float = Field(5000.0, gt=0)
+    height_um: float = Field(5000.0, gt=0)
+    thin_flakes_per_mm2: float = Field(6.0, ge=0)
+    bulk_crystals_per_mm2: float = Field(4.0, ge=0)
+    residue_per_mm2: float = Field(6.0, ge=0)
+    dust_per_mm2: float = Field(20.0, ge=0)
+    terrace_fraction: float = Field(0.4, ge=0, le=1)
+    facet_scatter_deg: float = Field(2.0, ge=0, le=15)
+    torn_fraction: float = Field(0.25, ge=0, le=1)
+    # Thin-flake size: equivalent diameter lognormal around this median (um).
+    thin_median_diameter_um: float = Field(16.0, gt=0)
+    margin_um: float = Field(150.0, ge=0, description="flake-free band along the chip edge")
+
+
+class ImagingSpec(BaseModel):
+    """Camera and illumination: sensor, bit depth, noise, fall-off, flare, white balance."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    width_px: int = Field(1024, ge=64, le=8192)
+    height_px: int = Field(768, ge=64, le=8192)
+    bit_depth: Literal[8] = 8
+    exposure_ms: float = Field(20.0, gt=0)
+    # Electrons a perfect white reflector gives per pixel at 20 ms; the 285 nm oxide
+    # reflects 17 / 14 / 30 % in R / G / B, so its blue sits near 3/4 of the full well.
+    white_electrons_20ms: float = Field(21000.0, gt=0)
+    read_noise_e: float = Field(6.0, ge=0)
+    full_well_e: float = Field(10000.0, gt=0)
+    vignetting: float = Field(0.12, ge=0, lt=1, description="fall-off at the frame corner")
+    # Veiling glare as a share of the substrate signal: it lowers measured contrast by
+    # 1/(1+flare), the 15-25 % shortfall against the ideal model that labs measure.
+    flare: float = Field(0.15, ge=0, lt=1)
+    white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+
+class StageSpec(BaseModel):
+    """Motion timing of the simulated stages."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    xy_speed_um_s: float = Field(20000.0, gt=0)
+    xy_settle_ms: float = Field(20.0, ge=0)
+    z_speed_um_s: float = Field(2000.0, gt=0)
+    # Chip surface height: z_surface = focus_z_um + tilt * (x, y) in um per mm.
+    focus_z_um: float = 0.0
+    tilt_x_um_per_mm: float = 0.0
+    tilt_y_um_per_mm: float = 0.0
+
+
+class FaultSpec(BaseModel):
+    """Faults the simulated devices inject, for testing that faults surface."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    xy_fail_on_move: int | None = Field(None, ge=1, description="n-th XY move raises")
+    snap_fail_on_frame: int | None = Field(None, ge=1, description="n-th snap raises")
+
+
+class SimulatorConfig(BaseModel):
+    """The `[simulator]` section: seed, chip, imaging, stages, faults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    seed: int = 1
+    chip: ChipSpec = ChipSpec()
+    imaging: ImagingSpec = ImagingSpec()
+    stage: StageSpec = StageSpec()
+    faults: FaultSpec = FaultSpec()
+
+    @model_validator(mode="after")
+    def _white_balance_positive(self) -> SimulatorConfig:
+        if any(g <= 0 for g in self.imaging.white_balance):
+            raise ValueError(
+                f"imaging.white_balance must be positive, got {self.imaging.white_balance}"
+            )
+        return self

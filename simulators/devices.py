@@ -1,0 +1,207 @@
+"""Micro-Manager Python devices of the simulated microscope (pymmcore-plus UniMMCore).
+
+They plug into the core exactly where a real stage, focus drive and camera would: the scan
+daemon cannot tell them apart from hardware. The three share a `SimWorld`, the physical state
+(chip, stage positions, clocks), the way real devices share one sample on one stand.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from pymmcore_plus.experimental.unicore import (
+    SimpleCameraDevice,
+    StageDevice,
+    XYStageDevice,
+)
+
+from .chip import Chip
+from .config import FaultSpec, ImagingSpec, StageSpec
+from .render import FieldRenderer
+
+__all__ = ["SimCamera", "SimFocusStage", "SimWorld", "SimXYStage", "SimulatedFault"]
+
+
+class SimulatedFault(RuntimeError):
+    """A fault injected by the simulator (configured in `[simulator.faults]`)."""
+
+
+@dataclass
+class _Motion:
+    """A linear move of one axis group: start, target and the times it begins and settles."""
+
+    start: tuple[float, ...]
+    target: tuple[float, ...]
+    t0: float = 0.0
+    t_arrive: float = 0.0
+    t_settled: float = 0.0
+
+    def position(self, now: float) -> tuple[float, ...]:
+        if now >= self.t_arrive or self.t_arrive <= self.t0:
+            return self.target
+        f = (now - self.t0) / (self.t_arrive - self.t0)
+        return tuple(a + f * (b - a) for a, b in zip(self.start, self.target, strict=True))
+
+
+@dataclass
+class SimWorld:
+    """The state the simulated devices share: chip, stage positions, counters, faults."""
+
+    chip: Chip
+    imaging: ImagingSpec
+    stage: StageSpec
+    faults: FaultSpec
+    pixel_size_um: float
+    numerical_aperture: float
+    seed: int = 0
+    xy: _Motion = field(default_factory=lambda: _Motion((0.0, 0.0), (0.0, 0.0)))
+    z: _Motion = field(default_factory=lambda: _Motion((0.0,), (0.0,)))
+    xy_moves: int = 0
+    frames: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    renderer: FieldRenderer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.renderer = FieldRenderer(
+            self.chip, self.imaging, self.pixel_size_um, self.numerical_aperture, seed=self.seed
+        )
+        self.z = _Motion((self.stage.focus_z_um,), (self.stage.focus_z_um,))
+
+    def surface_z_um(self, x_um: float, y_um: float) -> float:
+        """Height of the chip surface under the objective (tilted chip)."""
+        s = self.stage
+        return s.focus_z_um + (s.tilt_x_um_per_mm * x_um + s.tilt_y_um_per_mm * y_um) / 1000.0
+
+
+class SimXYStage(XYStageDevice):
+    """Motorised XY stage: constant speed, then a settle time during which it is busy."""
+
+    def __init__(self, world: SimWorld) -> None:
+        super().__init__()
+        self._world = world
+
+    def set_position_um(self, x: float, y: float) -> None:
+        w = self._world
+        with w.lock:
+            w.xy_moves += 1
+            if w.faults.xy_fail_on_move and w.xy_moves >= w.faults.xy_fail_on_move:
+                raise SimulatedFault(
+                    f"XY stage timeout: no position reply on move {w.xy_moves} "
+                    f"to ({x:.1f}, {y:.1f}) um"
+                )
+            now = time.monotonic()
+            start = w.xy.position(now)
+            dist = float(np.hypot(x - start[0], y - start[1]))
+            t_arrive = now + dist / w.stage.xy_speed_um_s
+            w.xy = _Motion(
+                start, (float(x), float(y)), now, t_arrive, t_arrive + w.stage.xy_settle_ms / 1000
+            )
+
+    def get_position_um(self) -> tuple[float, float]:
+        x, y = self._world.xy.position(time.monotonic())
+        return (x, y)
+
+    def busy(self) -> bool:
+        return time.monotonic() < self._world.xy.t_settled
+
+    def home(self) -> None:
+        self.set_position_um(0.0, 0.0)
+
+    def stop(self) -> None:
+        w = self._world
+        with w.lock:
+            here = w.xy.position(time.monotonic())
+            w.xy = _Motion(here, here)
+
+    def set_origin(self) -> None:
+        raise NotImplementedError("the simulated stage keeps chip coordinates")
+
+    def set_origin_x(self) -> None:
+        raise NotImplementedError("the simulated stage keeps chip coordinates")
+
+    def set_origin_y(self) -> None:
+        raise NotImplementedError("the simulated stage keeps chip coordinates")
+
+
+class SimFocusStage(StageDevice):
+    """Focus drive (Z, um, up = away from the chip)."""
+
+    def __init__(self, world: SimWorld) -> None:
+        super().__init__()
+        self._world = world
+
+    def set_position_um(self, val: float) -> None:
+        w = self._world
+        with w.lock:
+            now = time.monotonic()
+            start = w.z.position(now)
+            t_arrive = now + abs(val - start[0]) / w.stage.z_speed_um_s
+            w.z = _Motion(start, (float(val),), now, t_arrive, t_arrive)
+
+    def get_position_um(self) -> float:
+        return self._world.z.position(time.monotonic())[0]
+
+    def busy(self) -> bool:
+        return time.monotonic() < self._world.z.t_settled
+
+    def home(self) -> None:
+        self.set_position_um(self._world.stage.focus_z_um)
+
+    def stop(self) -> None:
+        w = self._world
+        with w.lock:
+            here = w.z.position(time.monotonic())
+            w.z = _Motion(here, here)
+
+    def set_origin(self) -> None:
+        raise NotImplementedError("the simulated focus keeps absolute coordinates")
+
+
+class SimCamera(SimpleCameraDevice):
+    """Colour camera (8-bit linear RGB) that renders the chip under the objective."""
+
+    def __init__(self, world: SimWorld) -> None:
+        super().__init__()
+        self._world = world
+        self._exposure_ms = world.imaging.exposure_ms
+
+    def sensor_shape(self) -> tuple[int, int, int]:
+        im = self._world.imaging
+        return (im.height_px, im.width_px, 3)
+
+    def dtype(self) -> type:
+        return np.uint8
+
+    def get_exposure(self) -> float:
+        return self._exposure_ms
+
+    def set_exposure(self, exposure: float) -> None:
+        if exposure <= 0:
+            raise ValueError(f"exposure must be positive, got {exposure} ms")
+        self._exposure_ms = float(exposure)
+
+    def snap(self, buffer: np.ndarray) -> Mapping:
+        w = self._world
+        with w.lock:
+            w.frames += 1
+            n = w.frames
+            if w.faults.snap_fail_on_frame and n >= w.faults.snap_fail_on_frame:
+                raise SimulatedFault(f"camera timeout: frame {n} never arrived")
+        now = time.monotonic()
+        x, y = w.xy.position(now)
+        (z,) = w.z.position(now)
+        # Exposure takes real time, as on a real camera.
+        time.sleep(self._exposure_ms / 1000.0)
+        defocus = z - w.surface_z_um(x, y)
+        buffer[:] = w.renderer.render(
+            x, y, defocus_um=defocus, exposure_ms=self._exposure_ms, frame_index=n
+        )
+        return {
+            "SimStageX_um": f"{x:.3f}",
+            "SimStageY_um": f"{y:.3f}",
+            "SimDefocus_um": f"{defocus:.3f}",
+        }

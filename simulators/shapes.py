@@ -1,0 +1,136 @@
+"""Outlines of exfoliated crystals: straight cleavage edges along lattice directions.
+
+Hexagonal crystals (graphene, hBN) cleave along zigzag and armchair directions, so the
+straight edges of a flake lie at multiples of 30 deg from its lattice axis. A cleaved
+crystal is modelled as an intersection of half-planes whose normals are lattice
+directions, unions of such pieces give re-entrant (concave) outlines, and a share of edges is
+torn: replaced by a rough, non-crystallographic line.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import shapely
+from shapely import affinity
+from shapely.geometry import Polygon
+
+__all__ = ["cleaved_crystal", "convex_cleaved_piece", "torn_edges"]
+
+
+def _half_plane_polygon(
+    normals_deg: np.ndarray, distances: np.ndarray, centre: tuple[float, float]
+) -> Polygon:
+    """Intersection of half-planes n_k . (p - c) <= d_k, as a polygon (empty if unbounded)."""
+    order = np.argsort(normals_deg % 360)
+    ang = np.radians(normals_deg[order] % 360)
+    dist = distances[order]
+    gaps = np.diff(np.concatenate([ang, ang[:1] + 2 * np.pi]))
+    if gaps.max() >= np.pi - 1e-6:
+        return Polygon()  # normals do not enclose the centre: unbounded region
+    cx, cy = centre
+    big = 10 * float(dist.max())
+    poly = Polygon([(-big, -big), (big, -big), (big, big), (-big, big)])
+    for a_k, d_k in zip(ang, dist, strict=True):
+        n = np.array([np.cos(a_k), np.sin(a_k)])
+        t = np.array([-n[1], n[0]])
+        base = n * d_k
+        clip = Polygon(
+            [
+                base + t * big,
+                base - t * big,
+                base - t * big - n * 2 * big,
+                base + t * big - n * 2 * big,
+            ]
+        )
+        poly = poly.intersection(clip)
+    return affinity.translate(poly, cx, cy) if not poly.is_empty else poly
+
+
+def convex_cleaved_piece(
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    radius_um: float,
+    axis_deg: float,
+    facet_scatter_deg: float,
+    edge_period_deg: float = 30.0,
+) -> Polygon:
+    """A convex crystal piece: 4-8 facets on lattice directions, elongated at random."""
+    n_dirs = round(360 / edge_period_deg)
+    for _ in range(20):
+        k = int(rng.integers(4, min(9, n_dirs + 1)))
+        chosen = np.sort(rng.choice(n_dirs, size=k, replace=False))
+        normals = axis_deg + 90.0 + chosen * edge_period_deg
+        normals = normals + rng.normal(0.0, facet_scatter_deg, size=k)
+        # Elongation: the distance to a facet depends on its direction.
+        stretch = rng.uniform(1.0, 2.5)
+        stretch_dir = np.radians(rng.uniform(0, 180))
+        cosines = np.cos(np.radians(normals) - stretch_dir)
+        dist = radius_um * (1 + (stretch - 1) * cosines**2) / np.sqrt(stretch)
+        dist = dist * rng.uniform(0.75, 1.25, size=k)
+        poly = _half_plane_polygon(normals, dist, centre)
+        if not poly.is_empty and poly.area > 0:
+            return poly
+    raise RuntimeError("could not build a bounded crystal piece")  # pragma: no cover
+
+
+def torn_edges(
+    rng: np.random.Generator, poly: Polygon, torn_fraction: float, roughness_um: float
+) -> Polygon:
+    """Replace a share of the outline's edges by rough, non-crystallographic ones."""
+    coords = np.asarray(poly.exterior.coords)[:-1]
+    out: list[np.ndarray] = []
+    for i, p in enumerate(coords):
+        q = coords[(i + 1) % len(coords)]
+        out.append(p)
+        length = float(np.hypot(*(q - p)))
+        if rng.random() >= torn_fraction or length < 4 * roughness_um:
+            continue
+        n_pts = max(3, int(length / roughness_um))
+        t = np.linspace(0, 1, n_pts + 2)[1:-1]
+        normal = np.array([-(q - p)[1], (q - p)[0]]) / length
+        # A random walk pinned at both ends, bowed by up to a tenth of the edge.
+        walk = np.cumsum(rng.normal(0, roughness_um, size=n_pts))
+        walk -= t * walk[-1]
+        bow = rng.uniform(-0.1, 0.1) * length * np.sin(np.pi * t)
+        for tt, w, b in zip(t, walk, bow, strict=True):
+            out.append(p + tt * (q - p) + normal * (w + b))
+    torn = Polygon(out)
+    if not torn.is_valid:
+        torn = shapely.make_valid(torn)
+        if torn.geom_type != "Polygon":
+            torn = max(getattr(torn, "geoms", [poly]), key=lambda g: g.area)
+            if torn.geom_type != "Polygon":
+                return poly
+    return torn
+
+
+def cleaved_crystal(
+    rng: np.random.Generator,
+    centre: tuple[float, float],
+    radius_um: float,
+    axis_deg: float,
+    facet_scatter_deg: float = 2.0,
+    torn_fraction: float = 0.25,
+    edge_period_deg: float = 30.0,
+) -> Polygon:
+    """A flake outline: one to three lattice-aligned pieces joined, some edges torn."""
+    pieces = [
+        convex_cleaved_piece(rng, centre, radius_um, axis_deg, facet_scatter_deg, edge_period_deg)
+    ]
+    for _ in range(int(rng.choice([0, 0, 1, 2]))):
+        offset = rng.normal(0, radius_um * 0.6, size=2)
+        pieces.append(
+            convex_cleaved_piece(
+                rng,
+                (centre[0] + offset[0], centre[1] + offset[1]),
+                radius_um * rng.uniform(0.4, 0.8),
+                axis_deg,
+                facet_scatter_deg,
+                edge_period_deg,
+            )
+        )
+    outline = shapely.union_all(pieces)
+    if outline.geom_type != "Polygon":  # disjoint pieces: keep the main one
+        outline = max(outline.geoms, key=lambda g: g.area)
+    outline = Polygon(outline.exterior)
+    return torn_edges(rng, outline, torn_fraction, roughness_um=max(0.4, radius_um * 0.04))

@@ -1,0 +1,141 @@
+"""Shared fixtures: simulated hardware, free loopback ports, daemons as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from flakescan.daemon.client import ControlClient, DaemonUnreachable
+from flakescan.hardware.backends.simulator import SimulatedMicroscope, open_simulated_microscope
+from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
+from flakescan.simulators.config import SimulatorConfig
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str | Path):
+        return f'"{v}"'
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(v)
+
+
+def write_toml(path: Path, data: dict) -> Path:
+    """A small TOML writer for test configs (tables as nested dicts)."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: dict) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if prefix and scalars:
+            lines.append(f"[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {toml_value(v)}")
+        for k, v in tables.items():
+            emit(f"{prefix}.{k}" if prefix else k, v)
+
+    emit("", data)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def microscope() -> Iterator[SimulatedMicroscope]:
+    """A simulated microscope with fast stages, on the default chip."""
+    sim = SimulatorConfig.model_validate({"stage": {"xy_speed_um_s": 100000, "xy_settle_ms": 5}})
+    mic = open_simulated_microscope(HardwareConfig(), ObjectiveConfig(), TravelLimits(), sim)
+    yield mic
+    mic.close()
+
+
+@dataclass
+class DaemonProcess:
+    """A flakescan daemon started as a subprocess on free loopback ports."""
+
+    proc: subprocess.Popen
+    config_path: Path
+    state_dir: Path
+    control: str
+    events: str
+    log_path: Path
+    client: ControlClient = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.client = ControlClient(self.control, timeout_s=20)
+
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / "flakescan.db"
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator:
+    """Factory: start_daemon(extra_config) -> DaemonProcess, stopped after the test."""
+    started: list[DaemonProcess] = []
+
+    def start(extra: dict | None = None, name: str = "d") -> DaemonProcess:
+        control = f"tcp://127.0.0.1:{free_port()}"
+        events = f"tcp://127.0.0.1:{free_port()}"
+        state_dir = tmp_path / f"state-{name}"
+        cfg = {
+            "instrument": f"test-{name}",
+            "state_dir": str(state_dir),
+            "zmq": {"control": control, "events": events, "heartbeat_s": 0.2},
+            "simulator": {"stage": {"xy_speed_um_s": 50000, "xy_settle_ms": 5}},
+        }
+        for key, value in (extra or {}).items():
+            if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+                cfg[key] = {**cfg[key], **value}
+            else:
+                cfg[key] = value
+        path = write_toml(tmp_path / f"{name}.toml", cfg)
+        log_path = tmp_path / f"{name}.log"
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "flakescan.daemon", "daemon", "--config", str(path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        d = DaemonProcess(proc, path, state_dir, control, events, log_path)
+        started.append(d)
+        deadline = time.monotonic() + 90
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"daemon exited with {proc.returncode}:\n{d.log()}")
+            try:
+                ControlClient(control, timeout_s=0.5).request("status")
+                return d
+            except DaemonUnreachable:
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"daemon not ready:\n{d.log()}") from None
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()

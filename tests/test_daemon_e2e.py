@@ -1,0 +1,212 @@
+"""End to end: the daemon as a subprocess, real ZMQ sockets, a real SQLite file.
+
+A scan of the simulated chip is judged against the simulator's ground truth; faults,
+signals, bad configs and bad messages are checked for what the user sees.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from flakescan.daemon.client import EventSubscriber
+from flakescan.daemon.config import load_config
+from flakescan.simulators.chip import generate_chip
+from flakescan.simulators.evaluate import match_hits
+
+pytestmark = pytest.mark.slow
+
+# 2.5 x 2.0 mm of the default chip (seed 1): 25 tiles, about two dozen findable flakes.
+REGION = [1000.0, 1000.0, 3500.0, 3000.0]
+
+
+def collect_scan(sub: EventSubscriber, scan_id: int, timeout_s: float = 120) -> list[dict]:
+    """All events (heartbeats included) until the scan's finished/failed event."""
+    events: list[dict] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ev = sub.next(timeout_s=10)
+        assert ev is not None, "the daemon went silent"
+        events.append(ev)
+        if ev["topic"] in ("scan.finished", "scan.failed") and ev["data"]["scan_id"] == scan_id:
+            return events
+    raise AssertionError("scan did not end in time")
+
+
+def db_flakes(db_path, scan_id: int) -> dict[int, dict]:
+    con = sqlite3.connect(db_path)
+    con.row_factory = sqlite3.Row
+    try:
+        rows = con.execute("SELECT * FROM flakes WHERE scan_id = ?", (scan_id,)).fetchall()
+        return {r["id"]: dict(r) for r in rows}
+    finally:
+        con.close()
+
+
+def db_scan(db_path, scan_id: int) -> dict:
+    con = sqlite3.connect(db_path)
+    con.row_factory = sqlite3.Row
+    try:
+        return dict(con.execute("SELECT * FROM scans WHERE id = ?", (scan_id,)).fetchone())
+    finally:
+        con.close()
+
+
+def test_scan_finds_the_thin_flakes_of_the_chip(start_daemon):
+    d = start_daemon({"scan": {"region_um": REGION}})
+    with EventSubscriber(d.events, heartbeats=True) as sub:
+        answer = d.client.request("scan_start", {"chip_id": "sim-chip-1"})
+        assert answer["success"], answer
+        scan_id = answer["scan_id"]
+        events = collect_scan(sub, scan_id)
+
+    # Every event numbered, none lost, in order.
+    seqs = [e["seq"] for e in events]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert all(e["instrument"] == "test-d" for e in events)
+    topics = [e["topic"] for e in events if e["topic"] != "daemon.heartbeat"]
+    assert "scan.started" in topics and topics[-1] == "scan.finished"
+    finished = events[-1]["data"]
+    assert finished["status"] == "completed"
+    assert topics.count("tile.processed") == answer["tiles"] == finished["tiles_done"]
+
+    # Database rows are exactly the flake.found events.
+    found = {e["data"]["id"]: e["data"] for e in events if e["topic"] == "flake.found"}
+    rows = db_flakes(d.db_path, scan_id)
+    assert set(rows) == set(found)
+    for fid, row in rows.items():
+        ev = found[fid]
+        assert row["x_um"] == pytest.approx(ev["x_um"]) and row["y_um"] == pytest.approx(ev["y_um"])
+        assert row["flake_class"] == ev["flake_class"]
+        assert row["chip_id"] == "sim-chip-1"
+    assert db_scan(d.db_path, scan_id)["status"] == "completed"
+
+    # Against the simulator's ground truth.
+    cfg = load_config(d.config_path)
+    chip = generate_chip(cfg.simulator.chip, cfg.simulator.seed)
+    report = match_hits(
+        chip,
+        [(r["x_um"], r["y_um"]) for r in rows.values()],
+        tuple(REGION),
+        min_area_um2=cfg.preselection.min_area_um2,
+    )
+    assert report.truth_total >= 15, "the region should hold enough flakes to judge"
+    assert report.recall >= 0.9, f"found {report.truth_found}/{report.truth_total}: {report.missed}"
+    # Each match lies within one flake radius of the truth (match_hits' criterion); and
+    # most hits are thin flakes, not dirt.
+    assert report.precision >= 0.8, report.as_dict()
+
+    # Drive back to a flake.
+    fid = next(iter(rows))
+    answer = d.client.request("goto_flake", {"flake_id": fid})
+    assert answer["success"], answer
+    assert answer["position_um"] == pytest.approx([rows[fid]["x_um"], rows[fid]["y_um"]], abs=0.01)
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "expect"),
+    [
+        ({"xy_fail_on_move": 6}, "XY stage timeout"),
+        ({"snap_fail_on_frame": 4}, "camera timeout"),
+    ],
+)
+def test_device_fault_fails_the_scan_and_keeps_earlier_hits(start_daemon, fault, expect):
+    d = start_daemon({"scan": {"region_um": REGION}, "simulator": {"faults": fault}})
+    with EventSubscriber(d.events) as sub:
+        scan_id = d.client.request("scan_start")["scan_id"]
+        events = collect_scan(sub, scan_id)
+    failed = events[-1]
+    assert failed["topic"] == "scan.failed"
+    assert expect in failed["data"]["reason"]
+    done = [e for e in events if e["topic"] == "tile.processed"]
+    assert 0 < len(done) < failed["data"]["tiles_planned"]
+    found = {e["data"]["id"] for e in events if e["topic"] == "flake.found"}
+    assert set(db_flakes(d.db_path, scan_id)) == found
+    scan = db_scan(d.db_path, scan_id)
+    assert scan["status"] == "failed" and expect in scan["reason"]
+    assert scan["tiles_done"] == len(done)
+    status = d.client.request("status")
+    assert status["success"] and status["state"] == "error" and expect in status["reason"]
+    assert d.stop() == 0
+
+
+def test_bad_control_messages_get_reasons_and_the_daemon_stays_up(start_daemon):
+    d = start_daemon()
+    cases = [
+        (b"not json", "malformed JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'{"method": "fly"}', "unknown method 'fly'"),
+        (b'{"method": "status", "extra": 1}', "unknown request keys"),
+        (b'{"method": "scan_start", "params": {"overlap_pct": "lots"}}', "overlap_pct = 'lots'"),
+        (b'{"method": "scan_start", "params": {"bogus": 1}}', "unknown parameter 'bogus'"),
+        (b'{"method": "goto_flake", "params": {}}', "missing parameter 'flake_id'"),
+        (b'{"method": "goto_flake", "params": {"flake_id": 12345}}', "no flake with id 12345"),
+        (
+            b'{"method": "scan_start", "params": {"region_um": [0, 0, 90000, 1000]}}',
+            "outside the travel limits",
+        ),
+        (b'{"method": "scan_stop"}', "no scan to stop"),
+    ]
+    for raw, reason in cases:
+        answer = d.client.send_raw(raw)
+        assert answer["success"] is False, raw
+        assert reason in answer["msg"], (raw, answer["msg"])
+    status = d.client.request("status")
+    assert status["success"] and status["state"] == "idle"
+    assert d.proc.poll() is None
+
+
+def test_sigterm_mid_scan_keeps_every_hit_and_exits_zero(start_daemon):
+    d = start_daemon({"scan": {"region_um": [500.0, 500.0, 4500.0, 4500.0]}})
+    found: set[int] = set()
+    with EventSubscriber(d.events) as sub:
+        scan_id = d.client.request("scan_start")["scan_id"]
+        tiles = 0
+        while tiles < 4:
+            ev = sub.next(timeout_s=30)
+            assert ev is not None
+            tiles += ev["topic"] == "tile.processed"
+            if ev["topic"] == "flake.found":
+                found.add(ev["data"]["id"])
+        d.proc.send_signal(signal.SIGTERM)
+        while (ev := sub.next(timeout_s=5)) is not None:
+            if ev["topic"] == "flake.found":
+                found.add(ev["data"]["id"])
+    assert d.proc.wait(timeout=60) == 0
+    scan = db_scan(d.db_path, scan_id)
+    assert scan["status"] == "stopped"
+    assert 4 <= scan["tiles_done"] < scan["tiles_planned"]
+    assert set(db_flakes(d.db_path, scan_id)) == found
+    assert sqlite3.connect(d.db_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_bad_config_fails_at_start_naming_key_and_value(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("[objective]\npixel_size_um = -0.5\n[scan]\noverlap_pct = 150\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "flakescan.daemon", "daemon", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2
+    assert "[objective] pixel_size_um = -0.5" in run.stderr
+    assert "[scan] overlap_pct = 150" in run.stderr
+
+
+def test_status_reports_the_hardware_and_state(start_daemon):
+    d = start_daemon()
+    status = d.client.request("status")
+    assert status["state"] == "idle"
+    assert status["hardware"]["pixel_size_um"] == pytest.approx(0.57)
+    assert status["hardware"]["fov_um"] == pytest.approx([1024 * 0.57, 768 * 0.57], abs=0.01)
+    json.dumps(status)  # the reply is plain JSON
+    assert d.client.request("shutdown")["success"]
+    assert d.proc.wait(timeout=30) == 0
