@@ -306,7 +306,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 # -- parser -------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="flakescan", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="flakescan",
+        description="Automated flake hunting: scan a chip through Micro-Manager, find thin "
+        "flakes, keep a catalogue.",
+    )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -46,6 +46,19 @@ class _Motion:
         f = (now - self.t0) / (self.t_arrive - self.t0)
         return tuple(a + f * (b - a) for a, b in zip(self.start, self.target, strict=True))
 
+    def towards(self, target: tuple[float, ...], speed_um_s: float, settle_s: float) -> _Motion:
+        """A new move from wherever the axes are now, at constant speed, then settling."""
+        now = time.monotonic()
+        start = self.position(now)
+        dist = float(np.linalg.norm(np.subtract(target, start)))
+        t_arrive = now + dist / speed_um_s
+        return _Motion(start, tuple(float(v) for v in target), now, t_arrive, t_arrive + settle_s)
+
+    def halted(self) -> _Motion:
+        """Stopped where the axes are now."""
+        here = self.position(time.monotonic())
+        return _Motion(here, here)
+
 
 @dataclass
 class SimWorld:
@@ -93,13 +106,7 @@ class SimXYStage(XYStageDevice):
                     f"XY stage timeout: no position reply on move {w.xy_moves} "
                     f"to ({x:.1f}, {y:.1f}) um"
                 )
-            now = time.monotonic()
-            start = w.xy.position(now)
-            dist = float(np.hypot(x - start[0], y - start[1]))
-            t_arrive = now + dist / w.stage.xy_speed_um_s
-            w.xy = _Motion(
-                start, (float(x), float(y)), now, t_arrive, t_arrive + w.stage.xy_settle_ms / 1000
-            )
+            w.xy = w.xy.towards((x, y), w.stage.xy_speed_um_s, w.stage.xy_settle_ms / 1000)
 
     def get_position_um(self) -> tuple[float, float]:
         x, y = self._world.xy.position(time.monotonic())
@@ -112,10 +119,8 @@ class SimXYStage(XYStageDevice):
         self.set_position_um(0.0, 0.0)
 
     def stop(self) -> None:
-        w = self._world
-        with w.lock:
-            here = w.xy.position(time.monotonic())
-            w.xy = _Motion(here, here)
+        with self._world.lock:
+            self._world.xy = self._world.xy.halted()
 
     def set_origin(self) -> None:
         raise NotImplementedError("the simulated stage keeps chip coordinates")
@@ -137,10 +142,7 @@ class SimFocusStage(StageDevice):
     def set_position_um(self, val: float) -> None:
         w = self._world
         with w.lock:
-            now = time.monotonic()
-            start = w.z.position(now)
-            t_arrive = now + abs(val - start[0]) / w.stage.z_speed_um_s
-            w.z = _Motion(start, (float(val),), now, t_arrive, t_arrive)
+            w.z = w.z.towards((val,), w.stage.z_speed_um_s, 0.0)
 
     def get_position_um(self) -> float:
         return self._world.z.position(time.monotonic())[0]
@@ -152,10 +154,8 @@ class SimFocusStage(StageDevice):
         self.set_position_um(self._world.stage.focus_z_um)
 
     def stop(self) -> None:
-        w = self._world
-        with w.lock:
-            here = w.z.position(time.monotonic())
-            w.z = _Motion(here, here)
+        with self._world.lock:
+            self._world.z = self._world.z.halted()
 
     def set_origin(self) -> None:
         raise NotImplementedError("the simulated focus keeps absolute coordinates")
