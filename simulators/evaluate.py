@@ -3,7 +3,9 @@
 A true flake counts as found when a hit lies within one flake radius of its centroid (at
 least `min_radius_um`, the optical resolution of a low-magnification objective). Only flakes
 a scan could find are counted: thin (layer range), above the minimum area, centred inside
-the scanned region.
+the scanned region. Each hit is judged twice: is it on a thin (1-10-layer) flake at all, and
+does it lie within one radius of that flake's centroid? A flake cut by the edge of the
+scanned region is seen only in part, so its hit is on the flake but off its centroid.
 """
 
 from __future__ import annotations
@@ -23,11 +25,19 @@ __all__ = ["MatchReport", "match_hits"]
 class MatchReport:
     truth_total: int
     truth_found: int
-    hits_total: int
-    hits_on_thin_flakes: int  # hits on (or within min_radius_um of) a 1-10-layer flake
     missed: list[ChipObject] = field(default_factory=list)
     position_errors_um: list[float] = field(default_factory=list)
     matches: list[tuple[int, int]] = field(default_factory=list)  # (truth id, hit index)
+    hit_on_thin_flake: list[bool] = field(default_factory=list)  # per hit
+    hit_at_centroid: list[bool] = field(default_factory=list)  # per hit: within one radius
+
+    @property
+    def hits_total(self) -> int:
+        return len(self.hit_on_thin_flake)
+
+    @property
+    def hits_on_thin_flakes(self) -> int:
+        return sum(self.hit_on_thin_flake)
 
     @property
     def recall(self) -> float:
@@ -44,6 +54,7 @@ class MatchReport:
             "recall": round(self.recall, 4),
             "hits_total": self.hits_total,
             "hits_on_thin_flakes": self.hits_on_thin_flakes,
+            "hits_at_centroid": sum(self.hit_at_centroid),
             "precision": round(self.precision, 4),
             "median_position_error_um": round(float(np.median(self.position_errors_um)), 3)
             if self.position_errors_um
@@ -64,7 +75,7 @@ def match_hits(
     layers: tuple[int, int] = (1, 5),
     min_radius_um: float = 3.0,
 ) -> MatchReport:
-    """Recall over the findable flakes and precision of the hits, against ground truth."""
+    """Recall over the findable flakes, and how right each hit is, against ground truth."""
     x0, y0, x1, y1 = region_um
     hits = np.asarray(hits_xy_um, float).reshape(-1, 2)
 
@@ -73,9 +84,7 @@ def match_hits(
         return x0 <= cx <= x1 and y0 <= cy <= y1
 
     truth = [o for o in chip.flakes(*layers) if o.area_um2 >= min_area_um2 and inside(o)]
-    report = MatchReport(
-        truth_total=len(truth), truth_found=0, hits_total=len(hits), hits_on_thin_flakes=0
-    )
+    report = MatchReport(truth_total=len(truth), truth_found=0)
     for obj in truth:
         if len(hits) == 0:
             report.missed.append(obj)
@@ -88,17 +97,17 @@ def match_hits(
             report.matches.append((obj.id, i))
         else:
             report.missed.append(obj)
+    r = min_radius_um
     for hx, hy in hits:
-        near = chip.query(
-            hx - min_radius_um, hy - min_radius_um, hx + min_radius_um, hy + min_radius_um
-        )
+        near = [
+            o
+            for o in chip.query(hx - r, hy - r, hx + r, hy + r)
+            if o.kind == "flake" and o.layers is not None and o.layers <= 10
+        ]
         point = Point(hx, hy)
-        if any(
-            o.kind == "flake"
-            and o.layers is not None
-            and o.layers <= 10
-            and o.polygon.distance(point) <= min_radius_um
-            for o in near
-        ):
-            report.hits_on_thin_flakes += 1
+        on = [o for o in near if o.polygon.distance(point) <= r]
+        report.hit_on_thin_flake.append(bool(on))
+        report.hit_at_centroid.append(
+            any(np.hypot(hx - o.centroid_um[0], hy - o.centroid_um[1]) <= _radius(o, r) for o in on)
+        )
     return report

@@ -8,6 +8,7 @@ import mm_test_adapters
 import numpy as np
 import pytest
 import useq
+from scipy import ndimage
 
 from flakescan.hardware.backends import open_microscope
 from flakescan.hardware.backends.simulator import open_simulated_microscope
@@ -130,3 +131,19 @@ def test_mmconfig_backend_reports_a_missing_file(tmp_path):
 def test_travel_limits_must_be_ordered():
     with pytest.raises(ValueError, match="x_min_um"):
         TravelLimits(x_min_um=10, x_max_um=5)
+
+
+def test_focus_drive_defocuses_the_camera_image(microscope):
+    flake = max(microscope.world.chip.flakes(1, 3), key=lambda o: o.area_um2)
+    microscope.move_xy(*flake.centroid_um)
+
+    def edge_strength() -> float:
+        # Steepest edges of the frame (smoothed first, so that noise does not count).
+        img = ndimage.gaussian_filter(microscope.snap().image[..., 0].astype(float), 2.0)
+        return float(np.percentile(np.hypot(*np.gradient(img)), 99.5))
+
+    microscope.move_z(0.0)
+    sharp = edge_strength()
+    microscope.move_z(60.0)  # 60 um out of focus at NA 0.14: about 7 px of blur
+    blurred = edge_strength()
+    assert blurred < 0.5 * sharp
