@@ -19,9 +19,11 @@ from flakescan.inference.classifier import FlakeClassifier
 from flakescan.inference.pipeline import TilePipeline
 
 from .config import ServiceConfig
-from .scan import Publish, ScanRunner
+from .lock import StateDirBusy, StateDirLock
+from .protocol import ScanStartParams
+from .scan import Publish, ScanRequest, ScanRunner
 
-__all__ = ["Components", "StartupError", "open_components"]
+__all__ = ["Components", "StartupError", "open_components", "scan_request", "scan_settings"]
 
 
 class StartupError(RuntimeError):
@@ -30,6 +32,7 @@ class StartupError(RuntimeError):
 
 @dataclass
 class Components:
+    lock: StateDirLock
     engine: Engine
     writer: CatalogueWriter
     microscope: Microscope
@@ -38,29 +41,43 @@ class Components:
     interrupted_scans: list[int]
 
     def close(self) -> None:
-        self.microscope.close()
-        self.engine.dispose()
+        try:
+            self.microscope.close()
+            self.engine.dispose()
+        finally:
+            self.lock.release()
 
 
 def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Components:
-    """Database first (mark scans a dead daemon left running), then model, then hardware."""
+    """The state-directory lock first, then the database (marking scans a dead daemon left
+    running), the model, and the hardware."""
+    try:
+        lock = StateDirLock(state_dir).acquire()
+    except StateDirBusy as exc:
+        raise StartupError(str(exc)) from None
     url = cfg.database_url(state_dir)
     try:
         engine = open_database(url)
-        writer = CatalogueWriter(engine)
-        interrupted = writer.mark_interrupted()
     except Exception as exc:
+        lock.release()
         raise StartupError(f"database {url}: {exc}") from exc
     try:
-        classifier = FlakeClassifier.from_config(cfg.models)
-    except Exception as exc:
+        writer = CatalogueWriter(engine)
+        interrupted = writer.mark_interrupted()
+        try:
+            classifier = FlakeClassifier.from_config(cfg.models)
+        except Exception as exc:
+            raise StartupError(f"classifier {cfg.models.classifier}: {exc}") from exc
+        try:
+            microscope = open_microscope(
+                cfg.hardware, cfg.objective, cfg.travel_limits, cfg.simulator
+            )
+        except Exception as exc:
+            raise StartupError(f"hardware ({cfg.hardware.backend}): {exc}") from exc
+    except BaseException:
         engine.dispose()
-        raise StartupError(f"classifier {cfg.models.classifier}: {exc}") from exc
-    try:
-        microscope = open_microscope(cfg.hardware, cfg.objective, cfg.travel_limits, cfg.simulator)
-    except Exception as exc:
-        engine.dispose()
-        raise StartupError(f"hardware ({cfg.hardware.backend}): {exc}") from exc
+        lock.release()
+        raise
     pipeline = TilePipeline(cfg.preselection, classifier, cfg.models.threshold)
     runner = ScanRunner(
         microscope,
@@ -71,4 +88,25 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
         thumbnails_dir=state_dir / "thumbnails",
         classifier_name=classifier.card.name,
     )
-    return Components(engine, writer, microscope, classifier, runner, interrupted)
+    return Components(lock, engine, writer, microscope, classifier, runner, interrupted)
+
+
+def scan_request(cfg: ServiceConfig, p: ScanStartParams) -> ScanRequest:
+    """A scan as requested, the rest taken from `[scan]` (the chip, for the simulator)."""
+    d = cfg.scan
+    return ScanRequest(
+        region_um=p.region_um or cfg.scan_region(),
+        overlap_pct=d.overlap_pct if p.overlap_pct is None else p.overlap_pct,
+        chip_id=p.chip_id or d.chip_id,
+        name=p.name,
+        z_um=d.z_um if p.z_um is None else p.z_um,
+    )
+
+
+def scan_settings(cfg: ServiceConfig) -> dict:
+    """What a scan's row keeps of the configuration, so its results can be understood later."""
+    return {
+        "preselection": cfg.preselection.model_dump(),
+        "models": cfg.models.model_dump(mode="json"),
+        "objective": cfg.objective.model_dump(),
+    }

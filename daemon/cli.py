@@ -49,12 +49,13 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     cfg = _config(args)
     state_dir = resolve_state_dir(cfg, args.state_dir)
     daemon = Daemon(cfg, state_dir)
+    # Before start: a SIGTERM while hardware and model load ends in a clean exit 0 too.
+    daemon.install_signal_handlers()
     try:
         daemon.start()
     except StartupError as exc:
         _err(f"cannot start: {exc}")
         return EXIT_FAIL
-    daemon.install_signal_handlers()
     try:
         daemon.serve_forever()
     finally:
@@ -117,10 +118,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
 def _scan_local(args: argparse.Namespace, console: Console) -> int:
     from flakescan.hardware.errors import HardwareError
 
-    from .assembly import StartupError, open_components
+    from .assembly import StartupError, open_components, scan_request, scan_settings
     from .follow import progress_bar, progress_updater
     from .protocol import ProtocolError, ScanStartParams
-    from .scan import ScanRequest
 
     cfg = _config(args)
     state_dir = resolve_state_dir(cfg, args.state_dir)
@@ -143,19 +143,13 @@ def _scan_local(args: argparse.Namespace, console: Console) -> int:
         _err(f"cannot start: {exc}")
         return EXIT_FAIL
     try:
-        request = ScanRequest(
-            region_um=p.region_um or cfg.scan_region(),
-            overlap_pct=cfg.scan.overlap_pct if p.overlap_pct is None else p.overlap_pct,
-            chip_id=p.chip_id or cfg.scan.chip_id,
-            name=p.name,
-            z_um=cfg.scan.z_um,
-        )
+        request = scan_request(cfg, p)
         try:
             plan = parts.runner.plan(request)
-        except HardwareError as exc:
+        except (HardwareError, ValueError) as exc:
             _err(f"scan refused: {exc}")
             return EXIT_USAGE
-        scan_id = parts.runner.open_scan(request, plan, {"local": True})
+        scan_id = parts.runner.open_scan(request, plan, {**scan_settings(cfg), "local": True})
         if bar is not None and task is not None:
             bar.update(task, total=plan.n_tiles, scan_id=scan_id)
             bar.start()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -46,11 +46,18 @@ class ControlClient:
         finally:
             sock.close()
 
-    def wait_ready(self, timeout_s: float = 60.0) -> dict[str, Any]:
-        """Poll `status` until the daemon answers (it answers only once fully up)."""
+    def wait_ready(
+        self, timeout_s: float = 60.0, alive: Callable[[], bool] | None = None
+    ) -> dict[str, Any]:
+        """Poll `status` until the daemon answers (it answers only once fully up).
+
+        `alive` (e.g. "the daemon's process has not exited") ends the wait early.
+        """
         deadline = time.monotonic() + timeout_s
-        short = ControlClient(self.endpoint, timeout_s=1.0)
+        short = ControlClient(self.endpoint, timeout_s=0.5)
         while True:
+            if alive is not None and not alive():
+                raise DaemonUnreachable(f"the daemon for {self.endpoint} exited")
             try:
                 return short.request("status")
             except DaemonUnreachable:
@@ -94,12 +101,15 @@ class EventSubscriber:
                 return self
 
     def next(self, timeout_s: float | None = None) -> dict[str, Any] | None:
-        """The next event, or None after `timeout_s` without one."""
+        """The next event, or None after `timeout_s` without one (heartbeats do not count)."""
         if self._sock is None:
             raise RuntimeError("EventSubscriber is not connected")
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            if timeout_s is not None and not self._sock.poll(int(timeout_s * 1000)):
-                return None
+            if deadline is not None:
+                left_ms = max(0, int((deadline - time.monotonic()) * 1000))
+                if not self._sock.poll(left_ms):
+                    return None
             topic, body = self._sock.recv_multipart()
             if topic == b"daemon.heartbeat" and not self.heartbeats:
                 continue

@@ -40,7 +40,7 @@ class ConfigError(ValueError):
 class ScanDefaults(BaseModel):
     """`[scan]`: what a scan covers when the request does not say."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     # x0, y0, x1, y1 in stage um; empty: the whole chip (simulator only).
     region_um: RegionUm | None = None
@@ -71,7 +71,8 @@ class ZmqConfig(BaseModel):
     events: str = "tcp://127.0.0.1:5556"
     # The control socket moves a stage: off loopback only when asked for explicitly.
     allow_remote: bool = False
-    heartbeat_s: float = Field(1.0, gt=0, le=60)
+    # Clients wait up to 10 s for the first heartbeat: keep well below.
+    heartbeat_s: float = Field(1.0, gt=0, le=5)
 
     @model_validator(mode="after")
     def _endpoints(self) -> ZmqConfig:

@@ -38,18 +38,12 @@ def run_demo(config: Path | None, state_dir: Path, console: Console) -> int:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     client = ControlClient(cfg.zmq.control)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                console.print(f"[red]the daemon exited with {proc.returncode}; last log lines:")
-                console.print("\n".join(log_path.read_text().splitlines()[-15:]))
-                return 1
-            try:
-                status = ControlClient(cfg.zmq.control, timeout_s=1).request("status")
-                break
-            except DaemonUnreachable:
-                if time.monotonic() > deadline:
-                    raise
+        try:
+            status = client.wait_ready(120, alive=lambda: proc.poll() is None)
+        except DaemonUnreachable as exc:
+            console.print(f"[red]{exc}; last lines of the daemon's log:")
+            console.print("\n".join(log_path.read_text().splitlines()[-15:]))
+            return 1
         hw = status["hardware"]
         console.print(
             f"daemon up in {time.monotonic() - t_start:.1f} s: simulated {hw['camera']} "

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,25 +39,20 @@ def make_event(seq: int, topic: str, instrument: str, data: dict[str, Any]) -> d
 class EventPublisher:
     """Publishes events from any thread: sends are serialised by a lock."""
 
-    def __init__(
-        self, socket: zmq.Socket | None, instrument: str, also: Callable[[dict], None] | None = None
-    ) -> None:
+    def __init__(self, socket: zmq.Socket | None, instrument: str) -> None:
         self._socket = socket
         self._instrument = instrument
-        self._also = also
         self._lock = threading.Lock()
         self.seq = 0
 
     def publish(self, topic: str, data: dict[str, Any]) -> dict[str, Any]:
         if topic not in TOPICS:
             raise ValueError(f"unknown event topic {topic!r}")
-        with self._lock:
+        with self._lock:  # one sender at a time, and events leave in seq order
             self.seq += 1
             event = make_event(self.seq, topic, self._instrument, data)
             if self._socket is not None:
                 self._socket.send_multipart(
                     [topic.encode(), json.dumps(event, default=str).encode()]
                 )
-        if self._also is not None:
-            self._also(event)
         return event

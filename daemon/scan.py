@@ -87,6 +87,13 @@ class _ScanContext:
     flakes: int = 0
     per_class: Counter = field(default_factory=Counter)
     error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def fail(self, reason: str) -> None:
+        """Record the first fault (from any thread); later ones are consequences."""
+        with self._lock:
+            if self.error is None:
+                self.error = reason
 
     def progress(self) -> dict[str, Any]:
         return {
@@ -167,77 +174,24 @@ class ScanRunner:
     ) -> ScanOutcome:
         """Acquire and process every tile of the plan; blocks until the scan ends.
 
-        `on_outcome` runs after the scan is closed in the database and before its final
-        event is published, so whoever reacts to that event sees the settled state.
+        Whatever goes wrong, the scan is closed in the database with a status and a reason,
+        and its final event is published. `on_outcome` runs after the scan is closed and
+        before that event, so whoever reacts to the event sees the settled state.
         """
-        self.pipeline.start_chip()
         t0 = time.monotonic()
         ctx = _ScanContext(scan_id, request, plan, self.thumbnails_dir / f"scan-{scan_id}")
-        ctx.thumbnails.mkdir(parents=True, exist_ok=True)
         self.current = ctx.progress()
-        self.publish(
-            "scan.started",
-            {
-                "scan_id": scan_id,
-                "chip_id": request.chip_id,
-                "name": request.name,
-                **plan.describe(),
-            },
-        )
-        frames: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
-        worker = threading.Thread(
-            target=self._process_frames,
-            args=(frames, ctx),
-            name=f"scan-{scan_id}-worker",
-            daemon=True,
-        )
-        worker.start()
-
-        def on_frame(image: np.ndarray, event: Any, meta: dict) -> None:
-            pos = meta.get("position") or {}
-            frame = Frame(
-                image=image,
-                x_um=float(pos.get("x", event.x_pos)),
-                y_um=float(pos.get("y", event.y_pos)),
-                z_um=float(pos.get("z", event.z_pos or 0.0)),
-                pixel_size_um=self.microscope.pixel_size_um,
-                timestamp=time.time(),
-                linear=self.microscope.pixels_linear,
-                index=ScanPlan.tile_index(event),
-            )
-            frames.put(frame)  # blocks while the worker is behind: backpressure
-
-        def on_started(*_: Any) -> None:
-            # The runner clears its cancel flag as it starts: re-assert a stop asked earlier.
-            if self._cancel.is_set():
-                mda.cancel()
-
-        acquisition_error: str | None = None
-        mda = self.microscope.core.mda
-        mda.events.frameReady.connect(on_frame)
-        mda.events.sequenceStarted.connect(on_started)
         try:
-            if not self._cancel.is_set():
-                mda.run(plan.sequence)
-        except Exception as exc:  # a device fault: the scan fails with it
-            acquisition_error = f"{type(exc).__name__}: {exc}"
-            log.error("scan %s: acquisition failed: %s", scan_id, acquisition_error)
-        finally:
-            mda.events.sequenceStarted.disconnect(on_started)
-            mda.events.frameReady.disconnect(on_frame)
-            frames.put(_STOP)
-            worker.join()
-        if acquisition_error or ctx.error:
-            self.microscope.stop()
-
-        reason = acquisition_error or ctx.error or ""
-        if reason:
-            status = "failed"
-        elif self._cancel.is_set() and ctx.tiles_done < plan.n_tiles:
-            status, reason = "stopped", "stopped on request"
-        else:
-            status = "completed"
-        self.writer.finish_scan(scan_id, status, reason)
+            self._acquire_and_process(ctx)
+        except Exception as exc:  # anything unforeseen still ends the scan as failed
+            log.exception("scan %s crashed", scan_id)
+            ctx.fail(f"scan crashed: {type(exc).__name__}: {exc}")
+        status, reason = self._verdict(ctx)
+        try:
+            self.writer.finish_scan(scan_id, status, reason)
+        except Exception as exc:
+            log.exception("scan %s: closing it in the database failed", scan_id)
+            status, reason = "failed", f"{reason}; closing the scan in the database failed: {exc}"
         outcome = ScanOutcome(
             scan_id=scan_id,
             status=status,
@@ -254,6 +208,75 @@ class ScanRunner:
         self.publish("scan.failed" if status == "failed" else "scan.finished", outcome.as_dict())
         return outcome
 
+    def _verdict(self, ctx: _ScanContext) -> tuple[str, str]:
+        """Status and reason: a scan is complete only if every tile was processed."""
+        if ctx.error is not None:
+            return "failed", ctx.error
+        if ctx.tiles_done < ctx.plan.n_tiles:
+            if self._cancel.is_set():
+                return "stopped", "stopped on request"
+            return "failed", f"only {ctx.tiles_done} of {ctx.plan.n_tiles} tiles were processed"
+        return "completed", ""
+
+    def _acquire_and_process(self, ctx: _ScanContext) -> None:
+        """The MDA runner acquires in this thread; a worker thread processes."""
+        self.pipeline.start_chip()
+        ctx.thumbnails.mkdir(parents=True, exist_ok=True)
+        self.publish(
+            "scan.started",
+            {
+                "scan_id": ctx.scan_id,
+                "chip_id": ctx.request.chip_id,
+                "name": ctx.request.name,
+                **ctx.plan.describe(),
+            },
+        )
+        mda = self.microscope.core.mda
+        frames: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+        worker = threading.Thread(
+            target=self._process_frames,
+            args=(frames, ctx),
+            name=f"scan-{ctx.scan_id}-worker",
+            daemon=True,
+        )
+
+        def on_frame(image: np.ndarray, event: Any, meta: dict) -> None:
+            # The runner logs and ignores what its frame handlers raise: catch it here, or a
+            # lost tile would pass unnoticed.
+            try:
+                frame = self.microscope.frame_from_mda(
+                    image, event, meta, index=ScanPlan.tile_index(event)
+                )
+            except Exception as exc:
+                ctx.fail(f"tile {ScanPlan.tile_index(event)} lost: {type(exc).__name__}: {exc}")
+                mda.cancel()
+                return
+            frames.put(frame)  # blocks while the worker is behind: backpressure
+
+        def on_started(*_: Any) -> None:
+            # The runner clears its cancel flag as it starts: re-assert a stop asked earlier.
+            if self._cancel.is_set():
+                mda.cancel()
+
+        mda.events.frameReady.connect(on_frame)
+        mda.events.sequenceStarted.connect(on_started)
+        worker.start()
+        try:
+            if not self._cancel.is_set():
+                mda.run(ctx.plan.sequence)
+        except Exception as exc:  # a device fault: the scan fails with it
+            ctx.fail(f"{type(exc).__name__}: {exc}")
+            log.error("scan %s: acquisition failed: %s", ctx.scan_id, exc)
+        finally:
+            mda.events.sequenceStarted.disconnect(on_started)
+            mda.events.frameReady.disconnect(on_frame)
+            frames.put(_STOP)
+            worker.join()
+        if ctx.error is not None:
+            problems = self.microscope.stop()
+            if problems:
+                ctx.error += "; " + "; ".join(problems)
+
     def _process_frames(self, frames: queue.Queue, ctx: _ScanContext) -> None:
         """Worker: pipeline, ownership, one transaction per tile, then events."""
         while (item := frames.get()) is not _STOP:
@@ -263,8 +286,8 @@ class ScanRunner:
             try:
                 self._process_one(frame, ctx)
             except Exception as exc:
-                ctx.error = f"processing tile {frame.index} failed: {type(exc).__name__}: {exc}"
-                log.exception("scan %s: %s", ctx.scan_id, ctx.error)
+                ctx.fail(f"processing tile {frame.index} failed: {type(exc).__name__}: {exc}")
+                log.exception("scan %s: processing tile %s failed", ctx.scan_id, frame.index)
                 self.microscope.core.mda.cancel()
 
     def _process_one(self, frame: Frame, ctx: _ScanContext) -> None:

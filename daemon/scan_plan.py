@@ -8,6 +8,7 @@ twice, and only the tile whose cell (the grid's Voronoi cell) holds its centroid
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Annotated
 
@@ -18,7 +19,10 @@ from pydantic import AfterValidator
 from flakescan.hardware.config import TravelLimits
 from flakescan.hardware.errors import TravelLimitError
 
-__all__ = ["RegionUm", "ScanPlan"]
+__all__ = ["MAX_TILES", "RegionUm", "ScanPlan"]
+
+# A 25 x 25 mm chip at the seed's 5x field is about 3,000 tiles; far more is a typo (nm for um).
+MAX_TILES = 100_000
 
 
 def _ordered_region(v: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
@@ -46,6 +50,12 @@ class ScanPlan:
 
     def __post_init__(self) -> None:
         x0, y0, x1, y1 = self.region_um
+        n = self.count_tiles()
+        if n > MAX_TILES:
+            raise ValueError(
+                f"region_um {list(self.region_um)} would take {n} tiles of "
+                f"{self.fov_um[0]:.0f} x {self.fov_um[1]:.0f} um; at most {MAX_TILES} per scan"
+            )
         grid = useq.GridFromEdges(
             top=y1,
             left=x0,
@@ -61,6 +71,15 @@ class ScanPlan:
         seq = useq.MDASequence(grid_plan=grid, stage_positions=at_z)
         object.__setattr__(self, "sequence", seq)
         object.__setattr__(self, "centres", np.array([(p.x, p.y) for p in grid], float))
+
+    def count_tiles(self) -> int:
+        """Tiles the region needs, computed without laying them out (as useq counts them)."""
+        (x0, y0, x1, y1), (sx, sy) = self.region_um, self.step_um
+
+        def count(span: float, fov: float, step: float) -> int:
+            return 1 if span <= fov else math.ceil((span - fov) / step) + 1
+
+        return count(x1 - x0, self.fov_um[0], sx) * count(y1 - y0, self.fov_um[1], sy)
 
     @property
     def n_tiles(self) -> int:

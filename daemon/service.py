@@ -25,7 +25,7 @@ from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans
 from flakescan.hardware.errors import HardwareError
 from flakescan.hardware.microscope import Microscope
 
-from .assembly import Components, StartupError, open_components
+from .assembly import Components, StartupError, open_components, scan_request, scan_settings
 from .config import ServiceConfig
 from .events import EventPublisher
 from .protocol import (
@@ -36,7 +36,7 @@ from .protocol import (
     parse_request,
     reply,
 )
-from .scan import ScanOutcome, ScanRequest, ScanRunner
+from .scan import ScanOutcome, ScanRunner
 from .state import DaemonState, StateMachine
 
 __all__ = ["Daemon", "StartupError"]
@@ -217,24 +217,12 @@ class Daemon:
             return reply(False, f"cannot start a scan while {self.state.state}")
         if self._active is not None:  # the last scan has settled; its thread is ending
             self._reap_scan()
-        defaults = self.config.scan
-        request = ScanRequest(
-            region_um=p.region_um or self.config.scan_region(),
-            overlap_pct=defaults.overlap_pct if p.overlap_pct is None else p.overlap_pct,
-            chip_id=p.chip_id or defaults.chip_id,
-            name=p.name,
-            z_um=p.z_um if p.z_um is not None else defaults.z_um,
-        )
+        request = scan_request(self.config, p)
         try:
             plan = self.runner.plan(request)
-        except HardwareError as exc:
+        except (HardwareError, ValueError) as exc:
             return reply(False, f"scan refused: {exc}")
-        settings = {
-            "preselection": self.config.preselection.model_dump(),
-            "models": self.config.models.model_dump(mode="json"),
-            "objective": self.config.objective.model_dump(),
-        }
-        scan_id = self.runner.open_scan(request, plan, settings)
+        scan_id = self.runner.open_scan(request, plan, scan_settings(self.config))
         self.state.set(DaemonState.SCANNING, f"scan {scan_id}")
         active = _ActiveScan(thread=threading.Thread(), scan_id=scan_id)
 
@@ -251,9 +239,9 @@ class Daemon:
         return reply(True, f"scan {scan_id} started", scan_id=scan_id, **plan.describe())
 
     def _do_scan_stop(self, _params: object) -> dict[str, Any]:
-        if self.state.state != DaemonState.SCANNING or self.runner is None:
+        # Atomic: the scan may end (and leave `scanning`) at any moment.
+        if self.runner is None or not self.state.try_set(DaemonState.STOPPING, "stop requested"):
             return reply(False, f"no scan to stop (state {self.state.state})")
-        self.state.set(DaemonState.STOPPING, "stop requested")
         self.runner.cancel()
         return reply(True, "stopping at the next tile boundary")
 

@@ -29,7 +29,7 @@ TRANSITIONS: dict[DaemonState, frozenset[DaemonState]] = {
     DaemonState.SCANNING: frozenset({DaemonState.IDLE, DaemonState.STOPPING, DaemonState.ERROR}),
     DaemonState.STOPPING: frozenset({DaemonState.IDLE, DaemonState.ERROR}),
     # A new scan may start after a failure; its start clears the error.
-    DaemonState.ERROR: frozenset({DaemonState.SCANNING, DaemonState.IDLE}),
+    DaemonState.ERROR: frozenset({DaemonState.SCANNING}),
 }
 
 
@@ -56,12 +56,22 @@ class StateMachine:
         return new in TRANSITIONS[self._state]
 
     def set(self, new: DaemonState, reason: str = "") -> None:
+        """Move to `new`; InvalidTransition if the table does not allow it from here."""
+        if not self.try_set(new, reason):
+            raise InvalidTransition(f"cannot go from {self._state} to {new}")
+
+    def try_set(self, new: DaemonState, reason: str = "") -> bool:
+        """Move to `new` if allowed from the current state (checked and done atomically).
+
+        The listener runs under the lock, so state events leave in the order of the changes.
+        """
         with self._lock:
             old = self._state
             if new not in TRANSITIONS[old]:
-                raise InvalidTransition(f"cannot go from {old} to {new}")
+                return False
             self._state = new
             self.reason = reason
-        log.info("state %s -> %s%s", old, new, f" ({reason})" if reason else "")
-        if self._on_change is not None:
-            self._on_change(old, new, reason)
+            log.info("state %s -> %s%s", old, new, f" ({reason})" if reason else "")
+            if self._on_change is not None:
+                self._on_change(old, new, reason)
+        return True

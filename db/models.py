@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["SCHEMA_VERSION", "Base", "Flake", "Scan", "Tile", "utcnow"]
+__all__ = ["SCHEMA_VERSION", "Base", "Flake", "Scan", "Tile", "plain", "row_dict", "utcnow"]
 
 # Stored in PRAGMA user_version; bumped with every schema change (migrations in #8).
 SCHEMA_VERSION = 1
@@ -30,6 +30,18 @@ SCHEMA_VERSION = 1
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def plain(value: object) -> object:
+    """A column value as JSON wants it: naive-UTC datetimes as ISO 8601 with a Z."""
+    return value.isoformat() + "Z" if isinstance(value, datetime) else value
+
+
+def row_dict(obj: Base, exclude: tuple[str, ...] = ()) -> dict:
+    """All columns of a row as plain values, for JSON, CSV and events."""
+    return {
+        c.name: plain(getattr(obj, c.key)) for c in obj.__table__.columns if c.name not in exclude
+    }
 
 
 class Base(DeclarativeBase):
@@ -129,8 +141,4 @@ class Flake(Base):
 
     def as_dict(self) -> dict:
         """Plain values, for JSON, CSV and events."""
-        return {
-            c.name: (v.isoformat() + "Z" if isinstance(v, datetime) else v)
-            for c in self.__table__.columns
-            for v in [getattr(self, c.key)]
-        }
+        return row_dict(self)

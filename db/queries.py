@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from .models import Flake, Scan
+from .models import Flake, Scan, row_dict
 
 __all__ = ["FlakeQuery", "find_flakes", "get_flake", "list_scans", "scan_summary"]
 
@@ -50,26 +50,33 @@ def get_flake(engine: Engine, flake_id: int) -> dict | None:
         return f.as_dict() if f else None
 
 
+def _per_class(s: Session, scan_ids: list[int]) -> dict[int, dict[int, int]]:
+    counts: dict[int, dict[int, int]] = {i: {} for i in scan_ids}
+    rows = s.execute(
+        select(Flake.scan_id, Flake.flake_class, func.count())
+        .where(Flake.scan_id.in_(scan_ids))
+        .group_by(Flake.scan_id, Flake.flake_class)
+    )
+    for scan_id, cls, n in rows:
+        counts[scan_id][int(cls)] = int(n)
+    return counts
+
+
 def scan_summary(engine: Engine, scan_id: int) -> dict | None:
-    """A scan's row plus its flake count per class."""
+    """A scan's row (with its settings) plus its flake count per class."""
     with Session(engine) as s:
         scan = s.get(Scan, scan_id)
         if scan is None:
             return None
-        per_class = dict(
-            s.execute(
-                select(Flake.flake_class, func.count())
-                .where(Flake.scan_id == scan_id)
-                .group_by(Flake.flake_class)
-            ).all()
-        )
-        row = {c.name: getattr(scan, c.key) for c in Scan.__table__.columns}
-        row = {k: (v.isoformat() + "Z" if hasattr(v, "isoformat") else v) for k, v in row.items()}
-        row["flakes_per_class"] = {int(k): int(v) for k, v in per_class.items()}
-        return row
+        return {**row_dict(scan), "flakes_per_class": _per_class(s, [scan_id])[scan_id]}
 
 
 def list_scans(engine: Engine) -> list[dict]:
+    """Every scan with its flake count per class (settings left out: see scan_summary)."""
     with Session(engine) as s:
-        ids = list(s.scalars(select(Scan.id).order_by(Scan.id)))
-    return [r for i in ids if (r := scan_summary(engine, i)) is not None]
+        scans = list(s.scalars(select(Scan).order_by(Scan.id)))
+        counts = _per_class(s, [sc.id for sc in scans])
+        return [
+            {**row_dict(sc, exclude=("settings_json",)), "flakes_per_class": counts[sc.id]}
+            for sc in scans
+        ]

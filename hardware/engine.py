@@ -9,12 +9,13 @@ fails with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from pymmcore_plus.mda import MDAEngine
 from pymmcore_plus.metadata.schema import SummaryMetaV1
-from useq import MDAEvent, MDASequence
+from useq import AcquireImage, MDAEvent, MDASequence
 
+from .errors import DeviceError
 from .microscope import Microscope, _device_call
 
 __all__ = ["StrictMDAEngine"]
@@ -61,6 +62,14 @@ class StrictMDAEngine(MDAEngine):
         if event.exposure is not None:
             with _device_call(mic.camera_label, f"set exposure {event.exposure} ms"):
                 self.mmcore.setExposure(event.exposure)
+
+    def exec_event(self, event: MDAEvent) -> Iterable:
+        # The parent logs and skips actions it cannot run (autofocus without a device,
+        # custom actions); a scan must not silently skip a step it asked for.
+        action = getattr(event, "action", None)
+        if action is not None and not isinstance(action, AcquireImage):
+            raise DeviceError(f"{type(action).__name__} is not supported by this scan engine")
+        return super().exec_event(event)
 
     def exec_single_event(self, event: MDAEvent) -> Iterator:
         mic = self.microscope

@@ -141,13 +141,20 @@ class Microscope:
         with _device_call(label, "wait for device"):
             self.core.waitForDevice(label)
 
-    def stop(self) -> None:
-        """Stop stage motion (used when a scan is cancelled or the daemon stops)."""
+    def stop(self) -> list[str]:
+        """Stop stage motion (after a fault, or when the daemon stops).
+
+        Tries every stage even if one fails, and returns what failed, for the caller to
+        report: a stop that did not happen must not pass unnoticed.
+        """
+        problems = []
         for label in (self.xy_label, self.z_label):
             try:
                 self.core.stop(label)
-            except Exception as exc:  # a stop that fails is reported, never hidden
+            except Exception as exc:
                 log.error("stopping %s failed: %s", label, exc)
+                problems.append(f"{label}: stop failed: {exc}")
+        return problems
 
     # -- imaging -----------------------------------------------------------------------
     def snap(self, index: int = 0) -> Frame:
@@ -160,13 +167,28 @@ class Microscope:
     def frame_from(
         self, image: np.ndarray, *, index: int = 0, metadata: dict | None = None
     ) -> Frame:
-        """Wrap an image just taken with the stage position, pixel size and time."""
+        """Wrap an image just taken with the stage position read now, pixel size and time."""
         x, y = self.position()
+        return self._frame(image, x, y, self.z(), index, metadata)
+
+    def frame_from_mda(self, image: np.ndarray, event: Any, meta: dict, *, index: int) -> Frame:
+        """Wrap an MDA frame with the position the engine recorded when it was taken."""
+        pos = meta.get("position") or {}
+        x = pos.get("x", event.x_pos)
+        y = pos.get("y", event.y_pos)
+        if x is None or y is None:
+            raise DeviceError(f"frame {index}: no stage position was recorded with the image")
+        z = pos.get("z", event.z_pos)
+        return self._frame(image, x, y, self.z() if z is None else z, index, None)
+
+    def _frame(
+        self, image: np.ndarray, x: float, y: float, z: float, index: int, metadata: dict | None
+    ) -> Frame:
         return Frame(
             image=image,
-            x_um=x,
-            y_um=y,
-            z_um=self.z(),
+            x_um=float(x),
+            y_um=float(y),
+            z_um=float(z),
             pixel_size_um=self.pixel_size_um,
             timestamp=time.time(),
             linear=self.pixels_linear,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,6 @@ class TensorRTBackend(InferenceBackend):
 
     def __init__(self, model_path: Path, max_batch: int = 32) -> None:
         try:
-            import pycuda.autoinit  # noqa: F401 - creates the CUDA context
             import pycuda.driver as cuda
             import tensorrt as trt
         except ImportError as exc:
@@ -91,10 +91,21 @@ class TensorRTBackend(InferenceBackend):
                 f"models.backend = 'tensorrt' needs tensorrt and pycuda ({exc}); "
                 "install flakescan[gpu] on a machine with an NVIDIA GPU"
             ) from exc
-        except Exception as exc:  # pycuda.autoinit raises when there is no GPU/driver
+        try:
+            cuda.init()
+            # An explicit context, made current around every call: the model is loaded on
+            # one thread and run on the daemon's processing worker, another thread.
+            self._cuda_context = cuda.Device(0).make_context()
+        except Exception as exc:  # no driver, no device
             raise BackendUnavailable(f"models.backend = 'tensorrt' but no CUDA GPU: {exc}") from exc
+        try:
+            self._build(trt, model_path, max_batch)
+        finally:
+            self._cuda_context.pop()
         self.device = "cuda"
         self._cuda = cuda
+
+    def _build(self, trt: Any, model_path: Path, max_batch: int) -> None:
         logger = trt.Logger(trt.Logger.WARNING)
         builder = trt.Builder(logger)
         network = builder.create_network(0)
@@ -113,25 +124,32 @@ class TensorRTBackend(InferenceBackend):
         if serialized is None:
             raise BackendUnavailable(f"TensorRT failed to build an engine for {model_path}")
         self._engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-        self._context = self._engine.create_execution_context()
+        self._execution = self._engine.create_execution_context()
         self._input = inp.name
         self._output = network.get_output(0).name
         self._max_batch = max_batch
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        self._cuda_context.push()
+        try:
+            return self._run(batch)
+        finally:
+            self._cuda_context.pop()
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
         cuda = self._cuda
         outputs = []
         for start in range(0, len(batch), self._max_batch):
             part = np.ascontiguousarray(batch[start : start + self._max_batch], dtype=np.float32)
-            self._context.set_input_shape(self._input, part.shape)
-            out_shape = tuple(self._context.get_tensor_shape(self._output))
+            self._execution.set_input_shape(self._input, part.shape)
+            out_shape = tuple(self._execution.get_tensor_shape(self._output))
             out = np.empty(out_shape, np.float32)
             d_in, d_out = cuda.mem_alloc(part.nbytes), cuda.mem_alloc(out.nbytes)
             cuda.memcpy_htod(d_in, part)
-            self._context.set_tensor_address(self._input, int(d_in))
-            self._context.set_tensor_address(self._output, int(d_out))
+            self._execution.set_tensor_address(self._input, int(d_in))
+            self._execution.set_tensor_address(self._output, int(d_out))
             stream = cuda.Stream()
-            self._context.execute_async_v3(stream.handle)
+            self._execution.execute_async_v3(stream.handle)
             cuda.memcpy_dtoh_async(out, d_out, stream)
             stream.synchronize()
             outputs.append(out)

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,16 +122,11 @@ def start_daemon(tmp_path: Path) -> Iterator:
             )
         d = DaemonProcess(proc, path, state_dir, control, events, log_path)
         started.append(d)
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {proc.returncode}:\n{d.log()}")
-            try:
-                ControlClient(control, timeout_s=0.5).request("status")
-                return d
-            except DaemonUnreachable:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"daemon not ready:\n{d.log()}") from None
+        try:
+            d.client.wait_ready(90, alive=lambda: proc.poll() is None)
+        except DaemonUnreachable as exc:
+            raise AssertionError(f"{exc}:\n{d.log()}") from None
+        return d
 
     yield start
     for d in started:

@@ -6,7 +6,6 @@ signals, bad configs and bad messages are checked for what the user sees.
 
 from __future__ import annotations
 
-import json
 import signal
 import sqlite3
 import subprocess
@@ -19,6 +18,8 @@ from flakescan.daemon.client import EventSubscriber
 from flakescan.daemon.config import load_config
 from flakescan.simulators.chip import generate_chip
 from flakescan.simulators.evaluate import match_hits
+
+from .conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +99,12 @@ def test_scan_finds_the_thin_flakes_of_the_chip(start_daemon):
     )
     assert report.truth_total >= 15, "the region should hold enough flakes to judge"
     assert report.recall >= 0.9, f"found {report.truth_found}/{report.truth_total}: {report.missed}"
+    # A flake in the overlap of two tiles is logged once: no two hits on one flake.
+    on_flake = [
+        next(o.id for o in chip.query(x, y, x, y) if o.kind == "flake")
+        for x, y in ((r["x_um"], r["y_um"]) for r in rows.values())
+    ]
+    assert len(set(on_flake)) == len(on_flake)
     # Every hit is a thin flake (no dirt, no residue, no thick crystal), and lies within one
     # flake radius of its centroid - unless the flake runs off the scanned area, where only
     # the part inside is seen.
@@ -137,6 +144,9 @@ def test_device_fault_fails_the_scan_and_keeps_earlier_hits(start_daemon, fault,
     assert scan["tiles_done"] == len(done)
     status = d.client.request("status")
     assert status["success"] and status["state"] == "error" and expect in status["reason"]
+    # From `error` a new scan may start (here it meets the same broken device).
+    again = d.client.request("scan_start")
+    assert again["success"] and again["scan_id"] == scan_id + 1
     assert d.stop() == 0
 
 
@@ -156,6 +166,11 @@ def test_bad_control_messages_get_reasons_and_the_daemon_stays_up(start_daemon):
             "outside the travel limits",
         ),
         (b'{"method": "scan_stop"}', "no scan to stop"),
+        (
+            b'{"method": "scan_start", "params": {"region_um": [0, 0, 5e6, 5e6]}}',
+            "at most 100000 per scan",
+        ),
+        (b'{"method": "scan_start", "params": {"overlap_pct": NaN}}', "overlap_pct = nan"),
     ]
     for raw, reason in cases:
         answer = d.client.send_raw(raw)
@@ -210,6 +225,71 @@ def test_status_reports_the_hardware_and_state(start_daemon):
     assert status["state"] == "idle"
     assert status["hardware"]["pixel_size_um"] == pytest.approx(0.57)
     assert status["hardware"]["fov_um"] == pytest.approx([1024 * 0.57, 768 * 0.57], abs=0.01)
-    json.dumps(status)  # the reply is plain JSON
     assert d.client.request("shutdown")["success"]
     assert d.proc.wait(timeout=30) == 0
+
+
+def test_stop_mid_scan_and_no_stage_moves_while_scanning(start_daemon):
+    d = start_daemon({"scan": {"region_um": [500.0, 500.0, 4500.0, 4500.0]}})
+    with EventSubscriber(d.events) as sub:
+        scan_id = d.client.request("scan_start")["scan_id"]
+        while (ev := sub.next(timeout_s=30)) is not None and ev["topic"] != "tile.processed":
+            pass
+        refused = d.client.request("goto_flake", {"flake_id": 1})
+        assert not refused["success"] and "cannot move the stage while scanning" in refused["msg"]
+        assert d.client.request("scan_start")["msg"] == "cannot start a scan while scanning"
+        stop = d.client.request("scan_stop")
+        assert stop["success"], stop
+        events = collect_scan(sub, scan_id)
+    finished = events[-1]
+    assert finished["topic"] == "scan.finished" and finished["data"]["status"] == "stopped"
+    assert finished["data"]["tiles_done"] < finished["data"]["tiles_planned"]
+    status = d.client.request("status")
+    assert status["state"] == "idle" and status["last_scan"]["status"] == "stopped"
+    assert db_scan(d.db_path, scan_id)["status"] == "stopped"
+    assert "no scan to stop" in d.client.request("scan_stop")["msg"]
+
+
+def test_kill_9_keeps_every_logged_hit_and_the_restart_marks_the_scan_interrupted(start_daemon):
+    extra = {"scan": {"region_um": [500.0, 500.0, 4500.0, 4500.0]}}
+    d = start_daemon(extra)
+    found: set[int] = set()
+    with EventSubscriber(d.events) as sub:
+        scan_id = d.client.request("scan_start")["scan_id"]
+        tiles = 0
+        while tiles < 5:
+            ev = sub.next(timeout_s=30)
+            assert ev is not None
+            tiles += ev["topic"] == "tile.processed"
+            if ev["topic"] == "flake.found":
+                found.add(ev["data"]["id"])
+        d.proc.kill()
+    d.proc.wait(timeout=30)
+    assert found, "the scan should have logged hits before the kill"
+    assert db_scan(d.db_path, scan_id)["status"] == "running"  # nobody could close it
+    assert found <= set(db_flakes(d.db_path, scan_id))  # every published hit has its row
+    again = start_daemon(extra)  # same name: same state directory and database
+    scan = db_scan(again.db_path, scan_id)
+    assert scan["status"] == "interrupted" and scan["tiles_done"] >= 5
+    assert found <= set(db_flakes(again.db_path, scan_id))
+    assert sqlite3.connect(again.db_path).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert again.client.request("status")["state"] == "idle"
+
+
+def test_a_second_daemon_on_the_same_state_directory_is_refused(start_daemon, tmp_path):
+    d = start_daemon()
+    cfg = d.config_path.read_text()
+    for key in ("control", "events"):
+        old = getattr(d, key)
+        cfg = cfg.replace(old, old.rsplit(":", 1)[0] + f":{free_port()}")
+    second = tmp_path / "second.toml"
+    second.write_text(cfg)
+    run = subprocess.run(
+        [sys.executable, "-m", "flakescan.daemon", "daemon", "--config", str(second)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 1
+    assert f"another flakescan process (pid {d.proc.pid})" in run.stderr
+    assert d.client.request("status")["state"] == "idle"

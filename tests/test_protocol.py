@@ -92,7 +92,7 @@ def test_scan_plan_covers_the_region_in_snake_order():
     assert steps.max() <= 584 * 0.9 + 1e-6
 
 
-def test_every_point_is_owned_by_exactly_one_tile_that_sees_it():
+def test_the_tile_that_owns_a_point_sees_it_and_owns_its_grid_cell():
     plan = ScanPlan((0, 0, 2000, 1500), (584.0, 438.0), 10.0)
     rng = np.random.default_rng(0)
     sx, sy = plan.step_um

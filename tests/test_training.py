@@ -13,12 +13,9 @@ import pytest
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
 
-from flakescan.inference.config import PreselectionConfig, default_classifier_path  # noqa: E402
-from flakescan.inference.crops import classifier_crop  # noqa: E402
 from flakescan.inference.model_card import file_sha256, load_model_card  # noqa: E402
-from flakescan.inference.preselection import preselect  # noqa: E402
 from flakescan.simulators.chip import Chip, ChipObject  # noqa: E402
-from flakescan.simulators.config import ChipSpec, ImagingSpec  # noqa: E402
+from flakescan.simulators.config import ChipSpec  # noqa: E402
 from flakescan.simulators.render import FieldRenderer  # noqa: E402
 from flakescan.training import train_classifier  # noqa: E402
 from flakescan.training.cnn4 import CNN4, count_parameters  # noqa: E402
@@ -277,52 +274,3 @@ def test_heldout_chips_must_be_unseen(tiny_sets: tuple[Path, Path], tmp_path: Pa
     argv = ["--data", str(train), "--val-data", str(train), "--out", str(tmp_path / "m.onnx")]
     with pytest.raises(ValueError, match=r"chip seeds \[1, 2\] are in both"):
         train_classifier.main([*argv, "--quiet"])
-
-
-# ----------------------------------------------------------------------------- shipped model
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def test_shipped_model_card_validates() -> None:
-    path = default_classifier_path()
-    card = load_model_card(path)
-    assert card.task == "flake-classifier"
-    assert card.input.shape == [None, 3, 64, 64]
-    assert card.output.classes == CLASS_NAMES
-    assert card.threshold == 0.5
-    assert card.metrics["per_class"]["any"]["f1"] >= 0.9
-    assert card.training["command"].startswith(train_classifier.PROG)
-    assert path.stat().st_size < 5_000_000
-
-
-def test_shipped_model_prefers_a_monolayer_to_wafer_and_dust() -> None:
-    card = load_model_card(default_classifier_path())
-    chip = _known_chip()
-    imaging = ImagingSpec()
-    tile = FieldRenderer(chip, imaging, PX, NA, seed=11).render(*CENTRE)
-    result = preselect(tile, PX, PreselectionConfig())
-    assert result.contrast is not None
-    shape = tile.shape[:2]
-    points = {
-        "monolayer": chip.objects[0].centroid_um,
-        "wafer": (CENTRE[0] + 60, CENTRE[1] - 150),
-        "dust": chip.objects[3].centroid_um,
-    }
-    x = np.stack(
-        [
-            classifier_crop(result.contrast, _stage_to_px(p, shape), PX, card.input.crop_um, 64)
-            for p in points.values()
-        ]
-    )
-    sess = ort.InferenceSession(str(default_classifier_path()), providers=["CPUExecutionProvider"])
-    (logits,) = sess.run([card.output.name], {card.input.name: x})
-    p_any = dict(zip(points, _sigmoid(logits[:, 3]), strict=True))
-    assert p_any["monolayer"] > card.threshold, p_any
-    assert p_any["wafer"] < card.threshold, p_any
-    assert p_any["dust"] < card.threshold, p_any
-    assert p_any["monolayer"] > max(p_any["wafer"], p_any["dust"])
-    # The monolayer's class is 1 (R contrast <= 12 %).
-    assert _sigmoid(logits[0, 0]) > card.threshold

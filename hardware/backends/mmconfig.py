@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from pymmcore_plus import CMMCorePlus
 
 from ..config import HardwareConfig, ObjectiveConfig, TravelLimits
@@ -24,9 +26,18 @@ def open_mmconfig_microscope(
     except Exception as exc:
         raise HardwareError(f"loading {hardware.mm_config} failed: {exc}") from exc
     core.setTimeoutMs(hardware.timeout_ms)
-    if core.getPixelSizeUm() <= 0:
+    from_cfg = core.getPixelSizeUm()
+    if from_cfg <= 0:
         # The .cfg defines no pixel size for this objective: take the configured one.
         core.definePixelSizeConfig(objective.name)
         core.setPixelSizeUm(objective.name, objective.pixel_size_um)
         core.setPixelSizeConfig(objective.name)
+    elif "pixel_size_um" in objective.model_fields_set and not math.isclose(
+        from_cfg, objective.pixel_size_um, rel_tol=0.01
+    ):
+        # Both say something, and they disagree: positions of hits would be wrong.
+        raise HardwareError(
+            f"objective.pixel_size_um = {objective.pixel_size_um} but {hardware.mm_config} "
+            f"calibrates {from_cfg} um/px for the current objective; fix one of them"
+        )
     return Microscope(core, limits, pixels_linear=hardware.pixels_linear)
