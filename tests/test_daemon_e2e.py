@@ -40,6 +40,17 @@ def collect_scan(sub: EventSubscriber, scan_id: int, timeout_s: float = 120) -> 
     raise AssertionError("scan did not end in time")
 
 
+def follow_tiles(sub: EventSubscriber, tiles: int, found: set[int]) -> None:
+    """Read events until `tiles` tiles were processed, collecting flake.found ids."""
+    done = 0
+    while done < tiles:
+        ev = sub.next(timeout_s=30)
+        assert ev is not None, "the daemon went silent"
+        done += ev["topic"] == "tile.processed"
+        if ev["topic"] == "flake.found":
+            found.add(ev["data"]["id"])
+
+
 def db_flakes(db_path, scan_id: int) -> dict[int, dict]:
     con = sqlite3.connect(db_path)
     con.row_factory = sqlite3.Row
@@ -186,13 +197,7 @@ def test_sigterm_mid_scan_keeps_every_hit_and_exits_zero(start_daemon):
     found: set[int] = set()
     with EventSubscriber(d.events) as sub:
         scan_id = d.client.request("scan_start")["scan_id"]
-        tiles = 0
-        while tiles < 4:
-            ev = sub.next(timeout_s=30)
-            assert ev is not None
-            tiles += ev["topic"] == "tile.processed"
-            if ev["topic"] == "flake.found":
-                found.add(ev["data"]["id"])
+        follow_tiles(sub, 4, found)
         d.proc.send_signal(signal.SIGTERM)
         while (ev := sub.next(timeout_s=5)) is not None:
             if ev["topic"] == "flake.found":
@@ -233,8 +238,7 @@ def test_stop_mid_scan_and_no_stage_moves_while_scanning(start_daemon):
     d = start_daemon({"scan": {"region_um": [500.0, 500.0, 4500.0, 4500.0]}})
     with EventSubscriber(d.events) as sub:
         scan_id = d.client.request("scan_start")["scan_id"]
-        while (ev := sub.next(timeout_s=30)) is not None and ev["topic"] != "tile.processed":
-            pass
+        follow_tiles(sub, 1, set())
         refused = d.client.request("goto_flake", {"flake_id": 1})
         assert not refused["success"] and "cannot move the stage while scanning" in refused["msg"]
         assert d.client.request("scan_start")["msg"] == "cannot start a scan while scanning"
@@ -256,13 +260,7 @@ def test_kill_9_keeps_every_logged_hit_and_the_restart_marks_the_scan_interrupte
     found: set[int] = set()
     with EventSubscriber(d.events) as sub:
         scan_id = d.client.request("scan_start")["scan_id"]
-        tiles = 0
-        while tiles < 5:
-            ev = sub.next(timeout_s=30)
-            assert ev is not None
-            tiles += ev["topic"] == "tile.processed"
-            if ev["topic"] == "flake.found":
-                found.add(ev["data"]["id"])
+        follow_tiles(sub, 5, found)
         d.proc.kill()
     d.proc.wait(timeout=30)
     assert found, "the scan should have logged hits before the kill"
