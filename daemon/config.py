@@ -114,21 +114,6 @@ class ServiceConfig(BaseModel):
     def _cross_checks(self) -> ServiceConfig:
         if self.hardware.backend == "mmconfig" and self.scan.region_um is None:
             raise ValueError("scan.region_um is required with the mmconfig backend")
-        if self.hardware.backend == "simulator":
-            fov = self.objective.field_of_view_um
-            im = self.simulator.imaging
-            actual = (
-                im.width_px * self.objective.pixel_size_um,
-                im.height_px * self.objective.pixel_size_um,
-            )
-            if fov is not None and any(
-                abs(a - b) > 0.02 * b for a, b in zip(actual, fov, strict=True)
-            ):
-                raise ValueError(
-                    f"objective.field_of_view_um = {list(fov)} does not match the camera: "
-                    f"{im.width_px}x{im.height_px} px at {self.objective.pixel_size_um} um/px "
-                    f"is {[round(a, 1) for a in actual]} um"
-                )
         return self
 
     def scan_region(self) -> tuple[float, float, float, float]:

@@ -39,7 +39,6 @@ def test_defaults_need_no_file():
         ('[models]\nbackend = "tensorrt"\n', "set device = 'cuda'"),
         ('[database]\nurl = "flakes.db"\n', "not a database URL"),
         ('[hardware]\nbackend = "mmconfig"\n', "needs mm_config"),
-        ("[objective]\nfield_of_view_um = [100, 100]\n", "does not match the camera"),
         ("instrument = 'a b'\n", "instrument = 'a b'"),
         ("[preselection]\ncontrast_min = [0.5, 0.0, 0.0]\n", "contrast_min[R] = 0.5"),
         ("[simulator.chip]\nmaterial = 'MoS2'\n", "[simulator.chip] material = 'MoS2'"),

@@ -153,3 +153,22 @@ def test_mmconfig_pixel_size_disagreeing_with_the_config_is_an_error():
     )
     with pytest.raises(HardwareError, match=r"calibrates 1\.0 um/px"):
         open_microscope(cfg, ObjectiveConfig(pixel_size_um=0.57), TravelLimits())
+
+
+@pytest.mark.parametrize("backend", ["simulator", "mmconfig"])
+def test_a_field_of_view_that_does_not_match_the_camera_is_an_error(backend):
+    adapters = mm_test_adapters.device_adapter_path()
+    hw = (
+        HardwareConfig()
+        if backend == "simulator"
+        else HardwareConfig(
+            backend="mmconfig",
+            mm_config=f"{adapters}/MMConfig_demo.cfg",
+            adapter_paths=[adapters],
+        )
+    )
+    with pytest.raises(HardwareError, match="does not match the camera"):
+        open_microscope(hw, ObjectiveConfig(field_of_view_um=(100.0, 100.0)), TravelLimits())
+    # The right one passes: 1024 x 768 px at 0.57 um/px (simulator), 512 x 512 at 1.0 (demo).
+    good = (583.7, 437.8) if backend == "simulator" else (512.0, 512.0)
+    open_microscope(hw, ObjectiveConfig(field_of_view_um=good), TravelLimits()).close()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from ..config import HardwareConfig, ObjectiveConfig, TravelLimits
+from ..errors import HardwareError
 from ..microscope import Microscope
 
-__all__ = ["open_microscope"]
+__all__ = ["check_field_of_view", "open_microscope"]
 
 
 def open_microscope(
@@ -18,7 +19,28 @@ def open_microscope(
     if hardware.backend == "simulator":
         from .simulator import open_simulated_microscope
 
-        return open_simulated_microscope(hardware, objective, limits, simulator)
-    from .mmconfig import open_mmconfig_microscope
+        mic = open_simulated_microscope(hardware, objective, limits, simulator)
+    else:
+        from .mmconfig import open_mmconfig_microscope
 
-    return open_mmconfig_microscope(hardware, objective, limits)
+        mic = open_mmconfig_microscope(hardware, objective, limits)
+    try:
+        check_field_of_view(mic, objective)
+    except HardwareError:
+        mic.close()
+        raise
+    return mic
+
+
+def check_field_of_view(mic: Microscope, objective: ObjectiveConfig) -> None:
+    """The configured field of view, if given, must be what camera and pixel size give."""
+    if objective.field_of_view_um is None:
+        return
+    actual = mic.fov_um
+    if any(abs(a - b) > 0.02 * b for a, b in zip(actual, objective.field_of_view_um, strict=True)):
+        h, w = mic.frame_shape
+        raise HardwareError(
+            f"objective.field_of_view_um = {list(objective.field_of_view_um)} does not match "
+            f"the camera: {w} x {h} px at {mic.pixel_size_um} um/px is "
+            f"{[round(a, 1) for a in actual]} um"
+        )
