@@ -78,25 +78,24 @@ def estimate_background(
     u = np.tile(2 * cols / max(w - 1, 1) - 1, hb)
     design = np.stack([np.ones_like(u), u, v, u * u, u * v, v * v], axis=1)
     values = small.reshape(-1, ch)
-    starts = [np.median(values, axis=0)]
-    if reference is not None:
-        ref = np.asarray(reference, float)
-        if ref.shape != (ch,):
-            raise ValueError(f"reference colour has {ref.shape} values, the image {ch} channels")
-        starts.insert(0, ref)  # the median is the fallback if the wafer looks different
-    for start in starts:
-        model = np.broadcast_to(start, values.shape)
-        for _ in range(iterations):
-            rel = np.abs(values - model) / np.maximum(model, 1e-6)
-            mask = (rel < tolerance).all(axis=1)
-            if mask.sum() < 12:
-                break
-            coef = np.linalg.lstsq(design[mask], values[mask], rcond=None)[0].T
-            model = design @ coef.T
-        if mask.sum() >= 12:
-            break
+    if reference is None:
+        start = np.median(values, axis=0)
     else:
+        # No fallback to the median: a tile with nothing like the wafer (off the chip, a
+        # huge crystal) must report that, not fit whatever fills it.
+        start = np.asarray(reference, float)
+        if start.shape != (ch,):
+            raise ValueError(f"reference colour has {start.shape} values, the image {ch} channels")
+    model = np.broadcast_to(start, values.shape)
+    for _ in range(iterations):
+        rel = np.abs(values - model) / np.maximum(model, 1e-6)
+        mask = (rel < tolerance).all(axis=1)
+        if mask.sum() < 12:
+            break
+        coef = np.linalg.lstsq(design[mask], values[mask], rcond=None)[0].T
+        model = design @ coef.T
+    if mask.sum() < 12:
         coef = np.zeros((ch, 6))
-        coef[:, 0] = np.median(values, axis=0)
+        coef[:, 0] = start
     centre = coef[:, 0]
     return Background(coefficients=coef, shape=(h, w), colour=centre, fraction=float(mask.mean()))

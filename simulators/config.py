@@ -24,20 +24,42 @@ class ChipSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    material: Literal["graphene", "hBN"] = "graphene"
+    material: Literal["graphene", "hBN", "MoS2", "WSe2"] = "graphene"
     oxide_nm: float = Field(285.0, gt=0, le=2000)
     width_um: float = Field(5000.0, gt=0)
     height_um: float = Field(5000.0, gt=0)
     thin_flakes_per_mm2: float = Field(6.0, ge=0)
     bulk_crystals_per_mm2: float = Field(4.0, ge=0)
+    # Where the tape touched: patches crowded with fragments of every size.
+    clusters_per_mm2: float = Field(0.6, ge=0)
+    fragments_per_cluster: float = Field(25.0, ge=0)
+    cluster_radius_um: float = Field(180.0, gt=0)
     residue_per_mm2: float = Field(6.0, ge=0)
+    bubbles_per_mm2: float = Field(1.0, ge=0)
+    scratches_per_mm2: float = Field(0.15, ge=0)
     dust_per_mm2: float = Field(20.0, ge=0)
     terrace_fraction: float = Field(0.4, ge=0, le=1)
+    # Thick crystals split into terraces along cleavage lines: up to this many cuts.
+    max_terrace_cuts: int = Field(3, ge=0, le=6)
+    # Thickness of thick crystals, log-uniform (nm).
+    bulk_thickness_nm: tuple[float, float] = (8.0, 250.0)
     facet_scatter_deg: float = Field(2.0, ge=0, le=15)
     torn_fraction: float = Field(0.25, ge=0, le=1)
     # Thin-flake size: equivalent diameter lognormal around this median (um).
     thin_median_diameter_um: float = Field(16.0, gt=0)
     margin_um: float = Field(150.0, ge=0, description="flake-free band along the chip edge")
+    edge_roughness_um: float = Field(15.0, ge=0, description="chipped chip edge")
+    # What the camera sees beyond the chip edge.
+    surround: Literal["holder", "tape"] = "holder"
+
+    @model_validator(mode="after")
+    def _thickness_range(self) -> ChipSpec:
+        lo, hi = self.bulk_thickness_nm
+        if not 0 < lo < hi:
+            raise ValueError(
+                f"bulk_thickness_nm must be [low, high] with 0 < low < high, got {[lo, hi]}"
+            )
+        return self
 
 
 class ImagingSpec(BaseModel):
@@ -47,18 +69,38 @@ class ImagingSpec(BaseModel):
 
     width_px: int = Field(1024, ge=64, le=8192)
     height_px: int = Field(768, ge=64, le=8192)
-    bit_depth: Literal[8] = 8
+    # 8 bits give uint8 frames, more give uint16 (values up to 2**bits - 1).
+    bit_depth: Literal[8, 10, 12, 14, 16] = 8
     exposure_ms: float = Field(20.0, gt=0)
     # Electrons a perfect white reflector gives per pixel at 20 ms; the 285 nm oxide
     # reflects 17 / 14 / 30 % in R / G / B, so its blue sits near 3/4 of the full well.
     white_electrons_20ms: float = Field(21000.0, gt=0)
     read_noise_e: float = Field(6.0, ge=0)
     full_well_e: float = Field(10000.0, gt=0)
+    # Illumination: radial fall-off at the frame corner, a hot spot off the optical axis
+    # (fraction of the half-width), and a linear gradient across the frame.
     vignetting: float = Field(0.12, ge=0, lt=1, description="fall-off at the frame corner")
+    illumination_offset: tuple[float, float] = (0.08, -0.05)
+    illumination_gradient: float = Field(0.03, ge=0, lt=0.5)
     # Veiling glare as a share of the substrate signal: it lowers measured contrast by
     # 1/(1+flare), the 15-25 % shortfall against the ideal model that labs measure.
     flare: float = Field(0.15, ge=0, lt=1)
     white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # What leaves the camera: linear values (for measuring contrast), or sRGB-encoded with
+    # a colour-saturation matrix, as consumer cameras and JPEG files deliver.
+    encoding: Literal["linear", "srgb"] = "linear"
+    saturation: float = Field(1.0, gt=0, le=3)
+    jpeg_quality: int | None = Field(None, ge=10, le=100)
+
+    @model_validator(mode="after")
+    def _jpeg_needs_8_bits(self) -> ImagingSpec:
+        if self.jpeg_quality is not None and self.bit_depth != 8:
+            raise ValueError(f"jpeg_quality needs bit_depth 8, got bit_depth {self.bit_depth}")
+        return self
+
+    @property
+    def linear(self) -> bool:
+        return self.encoding == "linear"
 
 
 class StageSpec(BaseModel):
@@ -69,10 +111,12 @@ class StageSpec(BaseModel):
     xy_speed_um_s: float = Field(20000.0, gt=0)
     xy_settle_ms: float = Field(20.0, ge=0)
     z_speed_um_s: float = Field(2000.0, gt=0)
-    # Chip surface height: z_surface = focus_z_um + tilt * (x, y) in um per mm.
+    # Chip surface height: z_surface = focus_z_um + tilt * (x, y) in um per mm, drifting
+    # with time (thermal drift of the stand).
     focus_z_um: float = 0.0
     tilt_x_um_per_mm: float = 0.0
     tilt_y_um_per_mm: float = 0.0
+    focus_drift_um_per_min: float = 0.0
 
 
 class FaultSpec(BaseModel):

@@ -76,6 +76,7 @@ class SimWorld:
     xy_moves: int = 0
     frames: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    started: float = field(default_factory=time.monotonic)  # the focus-drift clock
     renderer: FieldRenderer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -84,10 +85,13 @@ class SimWorld:
         )
         self.z = _Motion((self.stage.focus_z_um,), (self.stage.focus_z_um,))
 
-    def surface_z_um(self, x_um: float, y_um: float) -> float:
-        """Height of the chip surface under the objective (tilted chip)."""
+    def surface_z_um(self, x_um: float, y_um: float, now: float | None = None) -> float:
+        """Height of the chip surface under the objective: tilted, and drifting with time."""
         s = self.stage
-        return s.focus_z_um + (s.tilt_x_um_per_mm * x_um + s.tilt_y_um_per_mm * y_um) / 1000.0
+        now = time.monotonic() if now is None else now
+        drift = s.focus_drift_um_per_min * (now - self.started) / 60.0
+        tilt = (s.tilt_x_um_per_mm * x_um + s.tilt_y_um_per_mm * y_um) / 1000.0
+        return s.focus_z_um + tilt + drift
 
 
 class SimXYStage(XYStageDevice):
@@ -162,7 +166,8 @@ class SimFocusStage(StageDevice):
 
 
 class SimCamera(SimpleCameraDevice):
-    """Colour camera (8-bit linear RGB) that renders the chip under the objective."""
+    """Colour camera (RGB, 8 to 16 bits, linear unless configured otherwise) that renders
+    the chip under the objective."""
 
     def __init__(self, world: SimWorld) -> None:
         super().__init__()
@@ -174,7 +179,7 @@ class SimCamera(SimpleCameraDevice):
         return (im.height_px, im.width_px, 3)
 
     def dtype(self) -> type:
-        return np.uint8
+        return np.uint8 if self._world.imaging.bit_depth == 8 else np.uint16
 
     def get_exposure(self) -> float:
         return self._exposure_ms
@@ -196,7 +201,7 @@ class SimCamera(SimpleCameraDevice):
         (z,) = w.z.position(now)
         # Exposure takes real time, as on a real camera.
         time.sleep(self._exposure_ms / 1000.0)
-        defocus = z - w.surface_z_um(x, y)
+        defocus = z - w.surface_z_um(x, y, now)
         buffer[:] = w.renderer.render(
             x, y, defocus_um=defocus, exposure_ms=self._exposure_ms, frame_index=n
         )

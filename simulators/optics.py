@@ -7,8 +7,12 @@ incidence angles the objective's numerical aperture admits, and integrated over 
 spectrum times Gaussian camera-channel responses. Contrast is C = (R_substrate - R_flake) /
 R_substrate per channel, on *linear* intensities.
 
-Materials here are those whose indices are checked against published contrasts (graphene,
-hBN); TMDs wait for tabulated indices that reproduce their measured contrasts.
+Materials: graphene and hBN (indices checked against published contrasts), MoS2 and WSe2
+(published monolayer tables, reduced in optics_data.py). A TMD flake of N layers is modelled as
+one film of N monolayer thicknesses with the *monolayer* index: few-layer and bulk TMDs absorb
+differently (excitons shift and weaken), so their contrasts are approximate.
+Presets: `stack_optics("MoS2", "90nm", numerical_aperture=0.14)` picks a material from
+MATERIALS and an oxide from OXIDE_PRESETS by name.
 """
 
 from __future__ import annotations
@@ -18,13 +22,17 @@ from functools import cache
 
 import numpy as np
 
+from .optics_data import MOS2_ERMOLAEV_2020_1L, MOS2_ZHANG_2015_1L, WSE2_HSU_2019_1L
+
 __all__ = [
     "MATERIALS",
+    "OXIDE_PRESETS",
     "POLYMER",
     "CameraResponse",
     "Material",
     "StackOptics",
     "refractive_index",
+    "stack_optics",
 ]
 
 # Wavelength grid for spectral integration (nm).
@@ -63,6 +71,17 @@ _GRAPHENE_TABLE = np.array(
         (620, 2.720, 1.338),
     ]
 )
+
+
+# Tabulated TMD monolayer indices (optics_data.py), valid over 400-720 nm. The bare name is the
+# default source; "-Author" names select a source explicitly.
+_TMD_TABLES: dict[str, np.ndarray] = {
+    "MoS2": MOS2_ZHANG_2015_1L,
+    "MoS2-Zhang2015": MOS2_ZHANG_2015_1L,
+    "MoS2-Ermolaev2020": MOS2_ERMOLAEV_2020_1L,
+    "WSe2": WSE2_HSU_2019_1L,
+    "WSe2-Hsu2019": WSE2_HSU_2019_1L,
+}
 
 
 def _interp_table(table: np.ndarray, wl: np.ndarray) -> np.ndarray:
@@ -114,6 +133,8 @@ def refractive_index(name: str, wl_nm: np.ndarray) -> np.ndarray:
         return _interp_table(_GRAPHENE_TABLE, wl)
     if name == "hBN":
         return _hbn(wl)
+    if name in _TMD_TABLES:
+        return _interp_table(_TMD_TABLES[name], wl)
     if name == "polymer":
         # Tape adhesive / PMMA-like residue, Cauchy n = 1.47 + 4000 nm^2 / wl^2.
         return 1.47 + 4000.0 / wl**2 + 0j
@@ -134,7 +155,16 @@ class Material:
 MATERIALS: dict[str, Material] = {
     "graphene": Material("graphene", "graphene", 0.335),
     "hBN": Material("hBN", "hBN", 0.333),
+    # Monolayer thicknesses: MoS2 0.65 nm as paired with Zhang's table in physics-notes.md,
+    # WSe2 0.70 nm (project choice). Bulk 2H interlayer spacings c/2 are 0.615 nm (MoS2,
+    # c = 12.30 A) and 0.648 nm (WSe2, c = 12.96 A). An index fitted to thin-film contrast or
+    # reflectance is tied to the thickness its authors assumed, which was not checked here.
+    "MoS2": Material("MoS2", "MoS2", 0.65),
+    "WSe2": Material("WSe2", "WSe2", 0.70),
 }
+
+# Common thermal-oxide thicknesses (nm) of SiO2/Si wafers for flake hunting.
+OXIDE_PRESETS: dict[str, float] = {"90nm": 90.0, "285nm": 285.0, "300nm": 300.0}
 
 # Films that are not crystals of interest; thickness is given directly in nm.
 POLYMER = Material("polymer", "polymer", 1.0, edge_period_deg=0.0)
@@ -268,3 +298,32 @@ def _channel_reflectance_cached(optics: StackOptics, thickness_nm: float) -> np.
     out = optics.camera.weights(WAVELENGTHS_NM) @ spectrum
     out.setflags(write=False)
     return out
+
+
+def stack_optics(
+    material: str | Material = "graphene",
+    oxide: str | float = "285nm",
+    numerical_aperture: float = 0.0,
+    camera: CameraResponse | None = None,
+) -> StackOptics:
+    """StackOptics from preset names, so configs and scripts can say "MoS2" and "90nm".
+
+    `material` is a MATERIALS key (or a Material); `oxide` an OXIDE_PRESETS key or a thickness
+    in nm. Unknown names raise KeyError listing the presets.
+    """
+    if isinstance(material, str):
+        if material not in MATERIALS:
+            raise KeyError(f"unknown material {material!r}; presets: {sorted(MATERIALS)}")
+        material = MATERIALS[material]
+    if isinstance(oxide, str):
+        if oxide not in OXIDE_PRESETS:
+            raise KeyError(f"unknown oxide {oxide!r}; presets: {sorted(OXIDE_PRESETS)}")
+        oxide_nm = OXIDE_PRESETS[oxide]
+    else:
+        oxide_nm = float(oxide)
+    return StackOptics(
+        material,
+        oxide_nm,
+        float(numerical_aperture),
+        camera if camera is not None else CameraResponse(),
+    )

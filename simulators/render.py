@@ -1,13 +1,16 @@
 """Image formation: what the camera of a reflected-light microscope records of the chip.
 
 The field of view is rasterised from the chip's outlines into linear reflectances (thin-film
-optics per object), blurred by the objective's diffraction limit and by defocus, lit by an
-illumination that falls off towards the corners, veiled by flare, converted to electrons with
-shot and read noise, and quantised. Pixels stay *linear* (no gamma), as contrast needs.
+optics per object, the holder or tape beyond the chip edge), blurred by the objective's
+diffraction limit and by defocus, lit by an illumination with fall-off, an off-axis hot spot
+and a gradient (the flat field, which `flat_field()` returns for checking a measured one),
+veiled by flare, converted to electrons with shot and read noise, and quantised. By default
+pixels stay *linear*; `encoding = "srgb"` gives what a consumer camera or a JPEG delivers.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,11 +21,18 @@ from .chip import Chip, ChipObject
 from .config import ImagingSpec
 from .optics import MATERIALS, POLYMER, StackOptics
 
-__all__ = ["FieldRenderer"]
+__all__ = ["FieldRenderer", "srgb_encode"]
 
-# Reflectance of what lies off the chip (dark tape / holder), R, G, B.
-_OFF_CHIP = np.array([0.05, 0.05, 0.06])
+# Reflectance beyond the chip edge, R, G, B: anodised holder, or the back of blue tape.
+_SURROUND = {"holder": np.array([0.05, 0.05, 0.06]), "tape": np.array([0.10, 0.16, 0.24])}
 _WAVELENGTH_UM = 0.55
+_WAFER, _OUTSIDE = 0, 1
+
+
+def srgb_encode(linear: np.ndarray) -> np.ndarray:
+    """The sRGB transfer curve on values in [0, 1]."""
+    x = np.clip(linear, 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
 @dataclass
@@ -37,17 +47,35 @@ class FieldRenderer:
     _optics: StackOptics = field(init=False, repr=False)
     _polymer: StackOptics = field(init=False, repr=False)
     _flat: np.ndarray = field(init=False, repr=False)
+    _waves: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         spec = self.chip.spec
-        self._optics = StackOptics(MATERIALS[spec.material], spec.oxide_nm, self.numerical_aperture)
-        self._polymer = StackOptics(POLYMER, spec.oxide_nm, self.numerical_aperture)
-        h, w = self.imaging.height_px, self.imaging.width_px
+        na = self.numerical_aperture
+        self._optics = StackOptics(MATERIALS[spec.material], spec.oxide_nm, na)
+        self._polymer = StackOptics(POLYMER, spec.oxide_nm, na)
+        self._flat = self._illumination()
+        # Texture of what lies beyond the chip: a few plane waves in stage coordinates.
+        rng = np.random.default_rng([self.chip.seed, 7])
+        k = 2 * np.pi / rng.uniform(15, 150, size=6)
+        ang = rng.uniform(0, np.pi, size=6)
+        self._waves = np.stack([k * np.cos(ang), k * np.sin(ang), rng.uniform(0, 6.3, 6)], 1)
+
+    def _illumination(self) -> np.ndarray:
+        im = self.imaging
+        h, w = im.height_px, im.width_px
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-        rho2 = ((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / (
-            ((w - 1) / 2) ** 2 + ((h - 1) / 2) ** 2
-        )
-        self._flat = (1.0 - self.imaging.vignetting * rho2).astype(np.float32)
+        u = (xx - (w - 1) / 2) / ((w - 1) / 2)
+        v = (yy - (h - 1) / 2) / ((h - 1) / 2)
+        ox, oy = im.illumination_offset
+        rho2 = ((u - ox) ** 2 + (v - oy) ** 2) / 2.0
+        flat = (1.0 - im.vignetting * rho2) * (1.0 + im.illumination_gradient * u)
+        return (flat / flat.max()).astype(np.float32)
+
+    def flat_field(self) -> np.ndarray:
+        """The true illumination profile (h, w), brightest pixel 1: what a flat-field
+        calibration should measure."""
+        return self._flat.copy()
 
     @property
     def substrate_reflectance(self) -> np.ndarray:
@@ -57,8 +85,12 @@ class FieldRenderer:
         """Linear R, G, B reflectance of an object on this chip."""
         if obj.kind in ("flake", "bulk"):
             return self._optics.channel_reflectance(obj.thickness_nm)
-        if obj.kind == "residue":
+        if obj.kind in ("residue", "bubble"):
             return self._polymer.channel_reflectance(obj.thickness_nm)
+        if obj.kind == "scratch":  # oxide scraped thinner: the wafer's colour changes
+            return StackOptics(
+                POLYMER, obj.thickness_nm, self.numerical_aperture
+            ).layers_reflectance(0)
         return self.substrate_reflectance * (obj.dust_albedo or 0.5)
 
     def blur_sigma_px(self, defocus_um: float) -> float:
@@ -73,26 +105,30 @@ class FieldRenderer:
         h, w = self.imaging.height_px, self.imaging.width_px
         px = self.pixel_size_um
         x0, y0 = x_um - w * px / 2, y_um - h * px / 2
-        x1, y1 = x0 + w * px, y0 + h * px
-        objs = self.chip.query(x0, y0, x1, y1)
-        labels = Image.new("I", (w, h), 1)  # 1 = off chip
+        objs = self.chip.query(x0, y0, x0 + w * px, y0 + h * px)
+        labels = Image.new("I", (w, h), _OUTSIDE)
         draw = ImageDraw.Draw(labels)
-        spec = self.chip.spec
 
-        def to_px(xs: np.ndarray, ys: np.ndarray) -> list[tuple[float, float]]:
-            cols = ((xs - x0) / px - 0.5).tolist()
-            rows = ((ys - y0) / px - 0.5).tolist()
+        def to_px(pts: np.ndarray) -> list[tuple[float, float]]:
+            cols = ((pts[:, 0] - x0) / px - 0.5).tolist()
+            rows = ((pts[:, 1] - y0) / px - 0.5).tolist()
             return list(zip(cols, rows, strict=True))
 
-        chip_corners = to_px(np.array([0, spec.width_um]), np.array([0, spec.height_um]))
-        draw.rectangle([chip_corners[0], chip_corners[1]], fill=0)
-        lut = [self.substrate_reflectance, _OFF_CHIP]
+        draw.polygon(to_px(np.asarray(self.chip.outline_um)), fill=_WAFER)
+        lut = [self.substrate_reflectance, _SURROUND[self.chip.spec.surround]]
         for obj in objs:
-            pts = np.asarray(obj.outline_um)
-            draw.polygon(to_px(pts[:, 0], pts[:, 1]), fill=len(lut))
+            draw.polygon(to_px(np.asarray(obj.outline_um)), fill=len(lut))
             lut.append(self.reflectance_of(obj))
-        table = np.asarray(lut, dtype=np.float32)
-        return table[np.asarray(labels)]
+        idx = np.asarray(labels)
+        refl = np.asarray(lut, dtype=np.float32)[idx]
+        outside = idx == _OUTSIDE
+        if outside.any():
+            rows, cols = np.nonzero(outside)
+            xs, ys = x0 + (cols + 0.5) * px, y0 + (rows + 0.5) * px
+            kx, ky, ph = self._waves.T
+            texture = np.sin(np.outer(xs, kx) + np.outer(ys, ky) + ph).sum(axis=1)
+            refl[rows, cols] *= (1.0 + 0.06 * texture)[:, None].astype(np.float32)
+        return refl
 
     def render(
         self,
@@ -103,7 +139,7 @@ class FieldRenderer:
         exposure_ms: float | None = None,
         frame_index: int = 0,
     ) -> np.ndarray:
-        """(h, w, 3) uint8 linear RGB frame centred at the stage position (x_um, y_um)."""
+        """(h, w, 3) frame centred at the stage position: uint8 for 8 bits, else uint16."""
         im = self.imaging
         refl = self.reflectance_map(x_um, y_um)
         sigma = self.blur_sigma_px(defocus_um)
@@ -117,5 +153,20 @@ class FieldRenderer:
         noise = rng.standard_normal(electrons.shape, dtype=np.float32)
         electrons += noise * np.sqrt(electrons + im.read_noise_e**2)
         np.clip(electrons, 0, im.full_well_e, out=electrons)
-        adu_per_e = (2**im.bit_depth - 1) / im.full_well_e
-        return np.rint(electrons * adu_per_e).astype(np.uint8)
+        signal = electrons / np.float32(im.full_well_e)
+        if im.encoding == "srgb":
+            signal = self._camera_colour(signal)
+        top = 2**im.bit_depth - 1
+        out = np.rint(signal * top).astype(np.uint8 if im.bit_depth == 8 else np.uint16)
+        if im.jpeg_quality is not None:
+            buf = io.BytesIO()
+            Image.fromarray(out).save(buf, format="JPEG", quality=im.jpeg_quality)
+            out = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+        return out
+
+    def _camera_colour(self, linear: np.ndarray) -> np.ndarray:
+        """A consumer camera's rendering: saturation matrix, then the sRGB curve."""
+        s = self.imaging.saturation
+        grey = linear.mean(axis=2, keepdims=True)
+        saturated = grey + s * (linear - grey)
+        return srgb_encode(saturated).astype(np.float32)

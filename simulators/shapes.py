@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import numpy as np
 import shapely
+from scipy import ndimage
 from shapely import affinity
-from shapely.geometry import Polygon
+from shapely.geometry import LineString, Point, Polygon
+from shapely.ops import split
 
-__all__ = ["cleaved_crystal", "convex_cleaved_piece", "torn_edges"]
+__all__ = ["cleaved_crystal", "convex_cleaved_piece", "split_terraces", "torn_edges"]
 
 
 def _half_plane_polygon(
@@ -54,23 +56,34 @@ def convex_cleaved_piece(
     facet_scatter_deg: float,
     edge_period_deg: float = 30.0,
 ) -> Polygon:
-    """A convex crystal piece: 4-8 facets on lattice directions, elongated at random."""
+    """A convex crystal piece: 4-8 facets on lattice directions, somewhat elongated.
+
+    Exfoliated fragments are mostly compact; needles are rare, so pieces whose bounding
+    rectangle is more than 3.5 times longer than wide are drawn again.
+    """
     n_dirs = round(360 / edge_period_deg)
-    for _ in range(20):
+    for _ in range(50):
         k = int(rng.integers(4, min(9, n_dirs + 1)))
         chosen = np.sort(rng.choice(n_dirs, size=k, replace=False))
         normals = axis_deg + 90.0 + chosen * edge_period_deg
         normals = normals + rng.normal(0.0, facet_scatter_deg, size=k)
         # Elongation: the distance to a facet depends on its direction.
-        stretch = rng.uniform(1.0, 2.5)
+        stretch = rng.uniform(1.0, 1.8)
         stretch_dir = np.radians(rng.uniform(0, 180))
         cosines = np.cos(np.radians(normals) - stretch_dir)
         dist = radius_um * (1 + (stretch - 1) * cosines**2) / np.sqrt(stretch)
-        dist = dist * rng.uniform(0.75, 1.25, size=k)
+        dist = dist * rng.uniform(0.8, 1.2, size=k)
         poly = _half_plane_polygon(normals, dist, centre)
-        if not poly.is_empty and poly.area > 0:
+        if not poly.is_empty and poly.area > 0 and _aspect(poly) <= 3.5:
             return poly
     raise RuntimeError("could not build a bounded crystal piece")  # pragma: no cover
+
+
+def _aspect(poly: Polygon) -> float:
+    """Length over width of the minimum rotated rectangle."""
+    c = np.asarray(poly.minimum_rotated_rectangle.exterior.coords)
+    a, b = np.hypot(*(c[1] - c[0])), np.hypot(*(c[2] - c[1]))
+    return float(max(a, b) / max(min(a, b), 1e-9))
 
 
 def torn_edges(
@@ -88,10 +101,12 @@ def torn_edges(
         n_pts = max(3, int(length / roughness_um))
         t = np.linspace(0, 1, n_pts + 2)[1:-1]
         normal = np.array([-(q - p)[1], (q - p)[0]]) / length
-        # A random walk pinned at both ends, bowed by up to a tenth of the edge.
-        walk = np.cumsum(rng.normal(0, roughness_um, size=n_pts))
+        # A smoothed random walk pinned at both ends (torn edges wander, they are not
+        # saw-toothed), bowed by up to a twelfth of the edge.
+        steps = rng.normal(0, roughness_um, size=n_pts)
+        walk = np.cumsum(ndimage.uniform_filter1d(steps, 5, mode="nearest"))
         walk -= t * walk[-1]
-        bow = rng.uniform(-0.1, 0.1) * length * np.sin(np.pi * t)
+        bow = rng.uniform(-1, 1) * length / 12 * np.sin(np.pi * t)
         for tt, w, b in zip(t, walk, bow, strict=True):
             out.append(p + tt * (q - p) + normal * (w + b))
     torn = Polygon(out)
@@ -134,3 +149,37 @@ def cleaved_crystal(
         outline = max(outline.geoms, key=lambda g: g.area)
     outline = Polygon(outline.exterior)
     return torn_edges(rng, outline, torn_fraction, roughness_um=max(0.4, radius_um * 0.04))
+
+
+def split_terraces(
+    rng: np.random.Generator,
+    poly: Polygon,
+    axis_deg: float,
+    n_cuts: int,
+    edge_period_deg: float = 30.0,
+) -> list[Polygon]:
+    """Cut a crystal into terraces along cleavage lines (lattice directions).
+
+    Exfoliation peels layers off in steps; each step edge is a cleavage line, so it runs
+    along a lattice direction like the outer edges. Pieces are returned largest first.
+    """
+    pieces = [poly]
+    n_dirs = round(360 / edge_period_deg)
+    for _ in range(n_cuts):
+        target = max(pieces, key=lambda g: g.area)
+        x0, y0, x1, y1 = target.bounds
+        for _attempt in range(10):
+            point = Point(rng.uniform(x0, x1), rng.uniform(y0, y1))
+            if target.contains(point):
+                break
+        else:
+            continue
+        theta = np.radians(axis_deg + edge_period_deg * int(rng.integers(n_dirs)))
+        span = 2 * max(x1 - x0, y1 - y0)
+        d = np.array([np.cos(theta), np.sin(theta)]) * span
+        line = LineString([(point.x - d[0], point.y - d[1]), (point.x + d[0], point.y + d[1])])
+        parts = [g for g in split(target, line).geoms if g.geom_type == "Polygon" and g.area > 1]
+        if len(parts) >= 2:
+            pieces.remove(target)
+            pieces.extend(parts)
+    return sorted(pieces, key=lambda g: -g.area)

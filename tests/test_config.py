@@ -41,7 +41,7 @@ def test_defaults_need_no_file():
         ('[hardware]\nbackend = "mmconfig"\n', "needs mm_config"),
         ("instrument = 'a b'\n", "instrument = 'a b'"),
         ("[preselection]\ncontrast_min = [0.5, 0.0, 0.0]\n", "contrast_min[R] = 0.5"),
-        ("[simulator.chip]\nmaterial = 'MoS2'\n", "[simulator.chip] material = 'MoS2'"),
+        ("[simulator.chip]\nmaterial = 'MoSe2'\n", "[simulator.chip] material = 'MoSe2'"),
         ("this is not toml", "not valid TOML"),
     ],
 )

@@ -56,9 +56,8 @@ def test_thin_flakes_are_found_with_their_contrast_class(scene):
     cfg = PreselectionConfig()
     found = total = 0
     classes = {}
-    for f in chip.flakes(1, 5)[:30]:
-        if f.area_um2 < 3 * cfg.min_area_um2 or f.parent_id is not None:
-            continue
+    free = [f for f in chip.flakes(1, 5) if f.area_um2 >= 3 * cfg.min_area_um2 and not f.parent_id]
+    for f in free[:30]:
         x, y = f.centroid_um
         res = preselect(r.render(x, y), PX, cfg)
         best = nearest(res.candidates, x, y, x, y)
@@ -95,9 +94,12 @@ def test_minimum_area_is_applied_in_square_micrometres(scene):
 
 def test_a_tile_off_the_wafer_is_skipped_with_a_reason(scene):
     _, r = scene
-    res = preselect(r.render(-3000, -3000), PX, PreselectionConfig())
-    # Off the chip everything is holder: its colour is the only "background" there is.
-    assert res.candidates == []
+    cfg = PreselectionConfig()
+    wafer = preselect(r.render(2000, 2000), PX, cfg).background.colour
+    # Off the chip there is only the holder: nothing like the wafer seen before.
+    res = preselect(r.render(-3000, -3000), PX, cfg, wafer_colour=wafer)
+    assert res.candidates == [] and res.contrast is None
+    assert res.skipped_reason is not None and "bare wafer" in res.skipped_reason
 
 
 def test_contrast_bins():
@@ -121,9 +123,7 @@ def test_axis_angle_of_straight_edged_flakes(scene):
     chip, r = scene
     cfg = PreselectionConfig()
     errors = []
-    for f in chip.flakes(1, 5)[:30]:
-        if f.area_um2 < 150:
-            continue
+    for f in [f for f in chip.flakes(1, 5) if f.area_um2 >= 150][:30]:
         x, y = f.centroid_um
         res = preselect(r.render(x, y), PX, cfg)
         best = nearest(res.candidates, x, y, x, y)

@@ -1,10 +1,15 @@
-"""The `mmconfig` backend: any Micro-Manager hardware configuration (.cfg) file."""
+"""The `mmconfig` backend: any Micro-Manager hardware configuration (.cfg) file.
+
+Loaded by UniMMCore, so the file may also name Python devices (`#py pyDevice,...` lines),
+such as flakescan's serial stage drivers, beside the C++ device adapters.
+"""
 
 from __future__ import annotations
 
 import math
 
-from pymmcore_plus import CMMCorePlus
+from pymmcore_plus import DeviceInitializationState
+from pymmcore_plus.experimental.unicore import UniMMCore
 
 from ..config import HardwareConfig, ObjectiveConfig, TravelLimits
 from ..errors import HardwareError
@@ -20,11 +25,22 @@ def open_mmconfig_microscope(
         raise HardwareError(f"hardware.mm_config: no such file: {hardware.mm_config}")
     paths = [str(p) for p in hardware.adapter_paths]
     # Without adapter paths, pymmcore-plus finds an installed Micro-Manager itself.
-    core = CMMCorePlus(mm_path=paths[0], adapter_paths=paths) if paths else CMMCorePlus()
+    core = UniMMCore(mm_path=paths[0], adapter_paths=paths) if paths else UniMMCore()
     try:
         core.loadSystemConfiguration(str(hardware.mm_config))
     except Exception as exc:
         raise HardwareError(f"loading {hardware.mm_config} failed: {exc}") from exc
+    # pymmcore-plus only logs a Python device whose initialisation failed: check them all.
+    failed = [
+        label
+        for label in core.getLoadedDevices()
+        if label != "Core"
+        and core.getDeviceInitializationState(label)
+        != DeviceInitializationState.InitializedSuccessfully
+    ]
+    if failed:
+        core.unloadAllDevices()
+        raise HardwareError(f"{hardware.mm_config}: devices failed to initialise: {failed}")
     core.setTimeoutMs(hardware.timeout_ms)
     from_cfg = core.getPixelSizeUm()
     if from_cfg <= 0:

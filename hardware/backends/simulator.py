@@ -22,7 +22,8 @@ class SimulatedMicroscope(Microscope):
     """A Microscope whose devices are simulated; `world` holds the chip's ground truth."""
 
     def __init__(self, core: UniMMCore, limits: TravelLimits, world: SimWorld) -> None:
-        super().__init__(core, limits, pixels_linear=True)
+        # The simulated camera says itself whether its pixels are linear.
+        super().__init__(core, limits, pixels_linear=world.imaging.linear)
         self.world = world
 
 
