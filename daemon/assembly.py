@@ -70,7 +70,7 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
             raise StartupError(f"classifier {cfg.models.classifier}: {exc}") from exc
         try:
             microscope = open_microscope(
-                cfg.hardware, cfg.objective, cfg.travel_limits, cfg.simulator
+                cfg.hardware, cfg.objective, cfg.travel_limits, cfg.simulator, cfg.replay
             )
         except Exception as exc:
             raise StartupError(f"hardware ({cfg.hardware.backend}): {exc}") from exc
@@ -91,11 +91,15 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
     return Components(lock, engine, writer, microscope, classifier, runner, interrupted)
 
 
-def scan_request(cfg: ServiceConfig, p: ScanStartParams) -> ScanRequest:
-    """A scan as requested, the rest taken from `[scan]` (the chip, for the simulator)."""
+def scan_request(cfg: ServiceConfig, p: ScanStartParams, microscope: Microscope) -> ScanRequest:
+    """A scan as requested; the rest from `[scan]`, and the region, if neither says, from
+    the hardware (the chip on the simulator, the recording on replay)."""
     d = cfg.scan
+    region = p.region_um or d.region_um or microscope.default_region_um
+    if region is None:
+        raise ValueError("no scan region: pass region_um or set [scan] region_um")
     return ScanRequest(
-        region_um=p.region_um or cfg.scan_region(),
+        region_um=region,
         overlap_pct=d.overlap_pct if p.overlap_pct is None else p.overlap_pct,
         chip_id=p.chip_id or d.chip_id,
         name=p.name,

@@ -10,13 +10,13 @@ import argparse
 import json
 import logging
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from .config import ConfigError, ServiceConfig, load_config, resolve_state_dir
+from .tools import cmd_evaluate, cmd_sim_truth, cmd_simulate
 
 __all__ = ["build_parser", "main"]
 
@@ -143,8 +143,8 @@ def _scan_local(args: argparse.Namespace, console: Console) -> int:
         _err(f"cannot start: {exc}")
         return EXIT_FAIL
     try:
-        request = scan_request(cfg, p)
         try:
+            request = scan_request(cfg, p, parts.microscope)
             plan = parts.runner.plan(request)
         except (HardwareError, ValueError) as exc:
             _err(f"scan refused: {exc}")
@@ -219,7 +219,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 # -- catalogue ----------------------------------------------------------------------------
-def _database_url(args: argparse.Namespace) -> str:
+def database_url(args: argparse.Namespace) -> str:
     from flakescan.db.engine import sqlite_url
 
     if args.db:
@@ -235,7 +235,7 @@ def cmd_query(args: argparse.Namespace) -> int:
 
     from .output import format_flakes
 
-    engine = open_database(_database_url(args), create=False)
+    engine = open_database(database_url(args), create=False)
     try:
         rows = find_flakes(
             engine,
@@ -259,7 +259,7 @@ def cmd_scans(args: argparse.Namespace) -> int:
     from flakescan.db.engine import open_database
     from flakescan.db.queries import list_scans
 
-    engine = open_database(_database_url(args), create=False)
+    engine = open_database(database_url(args), create=False)
     try:
         print(json.dumps(list_scans(engine), indent=1, default=str))
     finally:
@@ -268,18 +268,6 @@ def cmd_scans(args: argparse.Namespace) -> int:
 
 
 # -- simulator and training -----------------------------------------------------------------
-def cmd_sim_truth(args: argparse.Namespace) -> int:
-    """Write the simulated chip's ground truth (JSON) for the configured seed."""
-    from flakescan.simulators.chip import generate_chip
-
-    cfg = _config(args)
-    chip = generate_chip(cfg.simulator.chip, cfg.simulator.seed)
-    path = chip.write_truth(args.out)
-    kinds = Counter(o.kind for o in chip.objects)
-    print(f"wrote {path}: " + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())))
-    return EXIT_OK
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start a daemon on the simulator, scan the chip through it, print a summary."""
     from .demo import run_demo
@@ -362,6 +350,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("sim-truth", cmd_sim_truth)
     sp.add_argument("--out", type=Path, required=True)
 
+    sp = add("simulate", cmd_simulate)
+    sp.add_argument(
+        "what",
+        choices=["chip", "classifier-set", "axis-set"],
+        help="a chip (mosaic, truth, preview) or a training set in a seed's file convention",
+    )
+    sp.add_argument("--seed", type=int, required=True, help="chip seed (sets: the first)")
+    sp.add_argument("--out", type=Path, required=True, help="output folder")
+    sp.add_argument("--chips", type=int, default=1, help="sets: how many chips")
+    sp.add_argument("--test-chips", type=int, default=0, help="axis-set: chips for test/")
+    sp.add_argument("--size-um", type=float, nargs=2, metavar=("W", "H"), help="chip size")
+    sp.add_argument("--pixel-size", type=float, help="um/px (default: the objective's)")
+    sp.add_argument("--vary", action="store_true", help="draw each chip's imaging conditions")
+
+    sp = add("evaluate", cmd_evaluate)
+    sp.add_argument("--scan", type=int, required=True)
+    sp.add_argument("--truth", type=Path, required=True, help="truth.json of the chip")
+    sp.add_argument("--db", help="database file or SQLAlchemy URL (default: from config)")
+    sp.add_argument("--state-dir", type=Path)
+    sp.add_argument("--format", choices=["table", "json"], default="table")
+
     sp = add("demo", cmd_demo)
     sp.add_argument("--state-dir", type=Path, default=Path("demo-state"))
 
@@ -379,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("pymmcore-plus").setLevel(logging.WARNING)
+    logging.getLogger("PIL").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except BrokenPipeError:  # output piped into `head` and the like

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from flakescan.db.config import DatabaseConfig
 from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
 from flakescan.inference.config import ModelsConfig, PreselectionConfig
-from flakescan.simulators.config import SimulatorConfig
+from flakescan.simulators.config import ReplayConfig, SimulatorConfig
 
 from .scan_plan import RegionUm
 
@@ -104,6 +104,7 @@ class ServiceConfig(BaseModel):
     travel_limits: TravelLimits = TravelLimits()
     objective: ObjectiveConfig = ObjectiveConfig()
     simulator: SimulatorConfig = SimulatorConfig()
+    replay: ReplayConfig | None = None
     scan: ScanDefaults = ScanDefaults()
     preselection: PreselectionConfig = PreselectionConfig()
     models: ModelsConfig = ModelsConfig()
@@ -114,14 +115,9 @@ class ServiceConfig(BaseModel):
     def _cross_checks(self) -> ServiceConfig:
         if self.hardware.backend == "mmconfig" and self.scan.region_um is None:
             raise ValueError("scan.region_um is required with the mmconfig backend")
+        if self.hardware.backend == "replay" and self.replay is None:
+            raise ValueError("backend 'replay' needs a [replay] section with mosaic or tiles")
         return self
-
-    def scan_region(self) -> tuple[float, float, float, float]:
-        """The default scan region: configured, or the simulated chip."""
-        if self.scan.region_um is not None:
-            return self.scan.region_um
-        chip = self.simulator.chip
-        return (0.0, 0.0, chip.width_um, chip.height_um)
 
     def database_url(self, state_dir: Path) -> str:
         return self.database.url or f"sqlite:///{(state_dir / 'flakescan.db').resolve()}"
@@ -158,6 +154,14 @@ def _resolve_relative(cfg: ServiceConfig, base: Path) -> ServiceConfig:
         hw["adapter_paths"] = [p if p.is_absolute() else base / p for p in hardware.adapter_paths]
     if hw:
         updates["hardware"] = hardware.model_copy(update=hw)
+    if cfg.replay is not None:
+        rp = {
+            key: base / value
+            for key in ("mosaic", "tiles")
+            if (value := getattr(cfg.replay, key)) is not None and not value.is_absolute()
+        }
+        if rp:
+            updates["replay"] = cfg.replay.model_copy(update=rp)
     return cfg.model_copy(update=updates) if updates else cfg
 
 

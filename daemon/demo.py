@@ -49,7 +49,7 @@ def run_demo(config: Path | None, state_dir: Path, console: Console) -> int:
             f"daemon up in {time.monotonic() - t_start:.1f} s: simulated {hw['camera']} "
             f"{hw['fov_um'][0]:.0f} x {hw['fov_um'][1]:.0f} um field, {hw['pixel_size_um']} um/px"
         )
-        region = cfg.scan_region()
+        region = cfg.scan.region_um or hw["default_region_um"]
         console.print(
             f"scanning {cfg.simulator.chip.material} chip (seed {cfg.simulator.seed}), "
             f"region {region[2] - region[0]:.0f} x {region[3] - region[1]:.0f} um, "

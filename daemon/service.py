@@ -217,8 +217,8 @@ class Daemon:
             return reply(False, f"cannot start a scan while {self.state.state}")
         if self._active is not None:  # the last scan has settled; its thread is ending
             self._reap_scan()
-        request = scan_request(self.config, p)
         try:
+            request = scan_request(self.config, p, self.runner.microscope)
             plan = self.runner.plan(request)
         except (HardwareError, ValueError) as exc:
             return reply(False, f"scan refused: {exc}")

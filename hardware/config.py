@@ -55,7 +55,7 @@ class HardwareConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["simulator", "mmconfig"] = "simulator"
+    backend: Literal["simulator", "mmconfig", "replay"] = "simulator"
     # For `mmconfig`: a Micro-Manager .cfg file and where its device adapters live.
     mm_config: Path | None = None
     adapter_paths: list[Path] = []

@@ -53,6 +53,8 @@ class Microscope:
         self.limits = limits
         self.pixels_linear = pixels_linear
         self._on_close = on_close
+        # What a scan covers when nobody says: the chip (simulator), the recording (replay).
+        self.default_region_um: tuple[float, float, float, float] | None = None
         for role, label in (
             ("XY stage", core.getXYStageDevice()),
             ("focus", core.getFocusDevice()),
@@ -214,4 +216,6 @@ class Microscope:
             "pixel_size_um": self.pixel_size_um,
             "fov_um": [round(w, 2), round(h, 2)],
             "limits": self.limits.model_dump(),
+            "pixels_linear": self.pixels_linear,
+            "default_region_um": list(self.default_region_um) if self.default_region_um else None,
         }

@@ -133,23 +133,28 @@ class Chip:
         idx = self._tree.query(box(x0, y0, x1, y1), predicate="intersects")
         return [self.objects[i] for i in sorted(idx)]
 
-    def to_json(self) -> str:
+    def to_json(self, conditions: dict | None = None) -> str:
         return json.dumps(
             {
                 "seed": self.seed,
                 "material": self.material,
                 "spec": self.spec.model_dump(),
+                "conditions": conditions or {},
                 "outline_um": self.outline_um,
                 "objects": [o.to_dict() for o in self.objects],
             },
             indent=1,
         )
 
-    def write_truth(self, path: str | Path) -> Path:
-        """Write the ground truth next to a generated chip (JSON, written atomically)."""
+    def write_truth(self, path: str | Path, conditions: dict | None = None) -> Path:
+        """Write the ground truth next to a generated chip (JSON, written atomically).
+
+        `conditions` records how it was imaged (the simulator's imaging and stage
+        settings), which evaluation needs to know what contrast each flake showed.
+        """
         path = Path(path)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.to_json())
+        tmp.write_text(self.to_json(conditions))
         tmp.replace(path)
         return path
 

@@ -6,6 +6,7 @@ repeated exactly and checked against the chip's ground truth.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -14,6 +15,7 @@ __all__ = [
     "ChipSpec",
     "FaultSpec",
     "ImagingSpec",
+    "ReplayConfig",
     "SimulatorConfig",
     "StageSpec",
 ]
@@ -128,12 +130,33 @@ class FaultSpec(BaseModel):
     snap_fail_on_frame: int | None = Field(None, ge=1, description="n-th snap raises")
 
 
+class ReplayConfig(BaseModel):
+    """`[replay]`: a recorded scan to serve fields of view from (backend "replay")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mosaic: Path | None = Field(None, description="a mosaic's JSON sidecar")
+    tiles: Path | None = Field(None, description="a folder with tiles.csv and tiles.json")
+    width_px: int = Field(1024, ge=64, le=8192)
+    height_px: int = Field(768, ge=64, le=8192)
+    stage: StageSpec = StageSpec()
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ReplayConfig:
+        if (self.mosaic is None) == (self.tiles is None):
+            raise ValueError("give exactly one of mosaic = <sidecar.json> or tiles = <folder>")
+        return self
+
+
 class SimulatorConfig(BaseModel):
     """The `[simulator]` section: seed, chip, imaging, stages, faults."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     seed: int = 1
+    # Draw this chip's oxide, illumination, flare, white balance, exposure and tilt from
+    # the seed (simulators.conditions), so that a set of chips is diverse.
+    vary_conditions: bool = False
     chip: ChipSpec = ChipSpec()
     imaging: ImagingSpec = ImagingSpec()
     stage: StageSpec = StageSpec()

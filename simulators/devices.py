@@ -23,7 +23,14 @@ from .chip import Chip
 from .config import FaultSpec, ImagingSpec, StageSpec
 from .render import FieldRenderer
 
-__all__ = ["SimCamera", "SimFocusStage", "SimWorld", "SimXYStage", "SimulatedFault"]
+__all__ = [
+    "SimCamera",
+    "SimFocusStage",
+    "SimWorld",
+    "SimXYStage",
+    "SimulatedFault",
+    "StageState",
+]
 
 
 class SimulatedFault(RuntimeError):
@@ -60,30 +67,31 @@ class _Motion:
         return _Motion(here, here)
 
 
-@dataclass
-class SimWorld:
-    """The state the simulated devices share: chip, stage positions, counters, faults."""
+@dataclass(kw_only=True)
+class StageState:
+    """What simulated stages share with the camera looking through them: positions,
+    motion timing, counters and injected faults."""
 
-    chip: Chip
-    imaging: ImagingSpec
     stage: StageSpec
     faults: FaultSpec
-    pixel_size_um: float
-    numerical_aperture: float
-    seed: int = 0
     xy: _Motion = field(default_factory=lambda: _Motion((0.0, 0.0), (0.0, 0.0)))
     z: _Motion = field(default_factory=lambda: _Motion((0.0,), (0.0,)))
     xy_moves: int = 0
     frames: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: float = field(default_factory=time.monotonic)  # the focus-drift clock
-    renderer: FieldRenderer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.renderer = FieldRenderer(
-            self.chip, self.imaging, self.pixel_size_um, self.numerical_aperture, seed=self.seed
-        )
         self.z = _Motion((self.stage.focus_z_um,), (self.stage.focus_z_um,))
+
+    def next_frame(self) -> int:
+        """Count a frame; raise the injected camera fault when its frame comes."""
+        with self.lock:
+            self.frames += 1
+            n = self.frames
+            if self.faults.snap_fail_on_frame and n >= self.faults.snap_fail_on_frame:
+                raise SimulatedFault(f"camera timeout: frame {n} never arrived")
+        return n
 
     def surface_z_um(self, x_um: float, y_um: float, now: float | None = None) -> float:
         """Height of the chip surface under the objective: tilted, and drifting with time."""
@@ -94,10 +102,28 @@ class SimWorld:
         return s.focus_z_um + tilt + drift
 
 
+@dataclass(kw_only=True)
+class SimWorld(StageState):
+    """The simulated microscope's state: stages plus the chip the camera renders."""
+
+    chip: Chip
+    imaging: ImagingSpec
+    pixel_size_um: float
+    numerical_aperture: float
+    seed: int = 0
+    renderer: FieldRenderer = field(init=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.renderer = FieldRenderer(
+            self.chip, self.imaging, self.pixel_size_um, self.numerical_aperture, seed=self.seed
+        )
+
+
 class SimXYStage(XYStageDevice):
     """Motorised XY stage: constant speed, then a settle time during which it is busy."""
 
-    def __init__(self, world: SimWorld) -> None:
+    def __init__(self, world: StageState) -> None:
         super().__init__()
         self._world = world
 
@@ -139,7 +165,7 @@ class SimXYStage(XYStageDevice):
 class SimFocusStage(StageDevice):
     """Focus drive (Z, um, up = away from the chip)."""
 
-    def __init__(self, world: SimWorld) -> None:
+    def __init__(self, world: StageState) -> None:
         super().__init__()
         self._world = world
 
@@ -191,11 +217,7 @@ class SimCamera(SimpleCameraDevice):
 
     def snap(self, buffer: np.ndarray) -> Mapping:
         w = self._world
-        with w.lock:
-            w.frames += 1
-            n = w.frames
-            if w.faults.snap_fail_on_frame and n >= w.faults.snap_fail_on_frame:
-                raise SimulatedFault(f"camera timeout: frame {n} never arrived")
+        n = w.next_frame()
         now = time.monotonic()
         x, y = w.xy.position(now)
         (z,) = w.z.position(now)

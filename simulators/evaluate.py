@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 import numpy as np
 from shapely.geometry import Point
 
-from .chip import Chip, ChipObject
+from .chip import THIN_MAX_LAYERS, Chip, ChipObject
+from .optics import MATERIALS, StackOptics
 
-__all__ = ["MatchReport", "match_hits"]
+__all__ = ["ClassRow", "MatchReport", "ScanEvaluation", "evaluate_scan", "match_hits"]
 
 
 @dataclass
@@ -111,3 +112,146 @@ def match_hits(
             any(np.hypot(hx - o.centroid_um[0], hy - o.centroid_um[1]) <= _radius(o, r) for o in on)
         )
     return report
+
+
+@dataclass
+class ClassRow:
+    """One GrapheneClassifier class (or "all") of a scan's evaluation."""
+
+    name: str
+    truth: int = 0
+    found: int = 0
+    hits: int = 0
+    hits_on_thin_flakes: int = 0
+    hits_right_class: int = 0
+
+    @property
+    def recall(self) -> float | None:
+        return self.found / self.truth if self.truth else None
+
+    @property
+    def precision(self) -> float | None:
+        return self.hits_on_thin_flakes / self.hits if self.hits else None
+
+    @property
+    def class_agreement(self) -> float | None:
+        return self.hits_right_class / self.hits if self.hits else None
+
+    def as_dict(self) -> dict:
+        return {
+            "class": self.name,
+            "truth": self.truth,
+            "found": self.found,
+            "recall": self.recall,
+            "hits": self.hits,
+            "hits_on_thin_flakes": self.hits_on_thin_flakes,
+            "precision": self.precision,
+            "hits_right_class": self.hits_right_class,
+            "class_agreement": self.class_agreement,
+        }
+
+
+@dataclass
+class ScanEvaluation:
+    """A scan against the chip it scanned: per class, positions and axis angles."""
+
+    rows: list[ClassRow]
+    position_error_um_median: float | None
+    position_error_um_p90: float | None
+    axis_mae_deg: float | None
+    axis_n: int
+
+    def as_dict(self) -> dict:
+        return {
+            "classes": [r.as_dict() for r in self.rows],
+            "position_error_um_median": self.position_error_um_median,
+            "position_error_um_p90": self.position_error_um_p90,
+            "axis_mae_deg": self.axis_mae_deg,
+            "axis_n": self.axis_n,
+        }
+
+
+def measured_class(
+    obj: ChipObject,
+    optics: StackOptics,
+    flare: float,
+    bins: Sequence[float],
+) -> int:
+    """The contrast class a flake shows: its thin-film R contrast, lowered by flare, binned."""
+    r = float(optics.contrast(obj.layers or 0)[0]) / (1.0 + flare)
+    for k in range(1, len(bins)):
+        if bins[k - 1] < r <= bins[k]:
+            return k
+    return 0
+
+
+def evaluate_scan(
+    chip: Chip,
+    hits: Sequence[dict],
+    region_um: tuple[float, float, float, float],
+    *,
+    min_area_um2: float,
+    class_bins: Sequence[float] = (0.0, 0.12, 0.19, 0.30),
+    flare: float = 0.15,
+    numerical_aperture: float = 0.14,
+    min_radius_um: float = 3.0,
+) -> ScanEvaluation:
+    """Recall and precision per class, position error and axis-angle error of a scan.
+
+    `hits` are catalogue rows (x_um, y_um, flake_class, axis_angle_deg). A true flake's
+    class is the contrast class it shows; flakes outside every bin (too thick) are not
+    counted as truth, but a hit on one still counts as a hit on a thin flake.
+    """
+    optics = StackOptics(MATERIALS[chip.spec.material], chip.spec.oxide_nm, numerical_aperture)
+    n_classes = len(class_bins) - 1
+    rows = [ClassRow(str(k)) for k in range(1, n_classes + 1)]
+    total = ClassRow("all")
+    xy = [(h["x_um"], h["y_um"]) for h in hits]
+    report = match_hits(
+        chip,
+        xy,
+        region_um,
+        min_area_um2=min_area_um2,
+        layers=(1, THIN_MAX_LAYERS),
+        min_radius_um=min_radius_um,
+    )
+    by_id = {o.id: o for o in chip.objects}
+    truth_class = {o.id: measured_class(o, optics, flare, class_bins) for o in report.missed} | {
+        tid: measured_class(by_id[tid], optics, flare, class_bins) for tid, _ in report.matches
+    }
+    for tid, k in truth_class.items():
+        if k == 0:
+            continue
+        rows[k - 1].truth += 1
+        total.truth += 1
+        if any(t == tid for t, _ in report.matches):
+            rows[k - 1].found += 1
+            total.found += 1
+    matched_truth = {i: t for t, i in report.matches}
+    axis_errors: list[float] = []
+    for i, hit in enumerate(hits):
+        k = int(hit["flake_class"])
+        row = rows[k - 1] if 1 <= k <= n_classes else None
+        on = report.hit_on_thin_flake[i]
+        for r in (row, total):
+            if r is None:
+                continue
+            r.hits += 1
+            r.hits_on_thin_flakes += on
+        tid = matched_truth.get(i)
+        if tid is not None:
+            if truth_class.get(tid) == k:
+                total.hits_right_class += 1
+                if row is not None:
+                    row.hits_right_class += 1
+            truth_axis = by_id[tid].axis_deg
+            if hit.get("axis_angle_deg") is not None and truth_axis is not None:
+                axis_errors.append(abs((hit["axis_angle_deg"] - truth_axis % 30 + 15) % 30 - 15))
+    errs = np.asarray(report.position_errors_um)
+    return ScanEvaluation(
+        rows=[*rows, total],
+        position_error_um_median=float(np.median(errs)) if errs.size else None,
+        position_error_um_p90=float(np.percentile(errs, 90)) if errs.size else None,
+        axis_mae_deg=float(np.mean(axis_errors)) if axis_errors else None,
+        axis_n=len(axis_errors),
+    )

@@ -20,7 +20,7 @@ def test_the_shipped_service_toml_is_valid_and_uses_the_simulator():
 
 def test_defaults_need_no_file():
     cfg = load_config(None)
-    assert cfg.scan_region() == (0.0, 0.0, 5000.0, 5000.0)
+    assert cfg.scan.region_um is None  # the simulator's chip, by default
     assert cfg.database.url == ""
 
 

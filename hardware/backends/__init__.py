@@ -14,12 +14,17 @@ def open_microscope(
     objective: ObjectiveConfig,
     limits: TravelLimits,
     simulator: object | None = None,
+    replay: object | None = None,
 ) -> Microscope:
-    """Open the configured backend; `simulator` is the SimulatorConfig for `simulator`."""
+    """Open the configured backend; `simulator` / `replay` are those backends' sections."""
     if hardware.backend == "simulator":
         from .simulator import open_simulated_microscope
 
         mic = open_simulated_microscope(hardware, objective, limits, simulator)
+    elif hardware.backend == "replay":
+        from .replay import open_replay_microscope
+
+        mic = open_replay_microscope(hardware, objective, limits, replay)
     else:
         from .mmconfig import open_mmconfig_microscope
 

@@ -8,6 +8,7 @@ from pymmcore_plus.experimental.unicore import UniMMCore
 
 from flakescan.simulators import devices as devices_module
 from flakescan.simulators.chip import generate_chip
+from flakescan.simulators.conditions import draw_conditions
 from flakescan.simulators.config import SimulatorConfig
 from flakescan.simulators.devices import SimCamera, SimFocusStage, SimWorld, SimXYStage
 
@@ -25,6 +26,8 @@ class SimulatedMicroscope(Microscope):
         # The simulated camera says itself whether its pixels are linear.
         super().__init__(core, limits, pixels_linear=world.imaging.linear)
         self.world = world
+        spec = world.chip.spec
+        self.default_region_um = (0.0, 0.0, spec.width_um, spec.height_um)
 
 
 def open_simulated_microscope(
@@ -34,6 +37,8 @@ def open_simulated_microscope(
     simulator: SimulatorConfig | None = None,
 ) -> SimulatedMicroscope:
     sim = simulator or SimulatorConfig()
+    if sim.vary_conditions:
+        sim = draw_conditions(sim, sim.seed)
     chip = generate_chip(sim.chip, sim.seed)
     world = SimWorld(
         chip=chip,

@@ -1,0 +1,88 @@
+"""Training sets from simulated chips in the GrapheneClassifier and AxisID conventions."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from flakescan.daemon.cli import main
+from flakescan.simulators.chip import generate_chip
+from flakescan.simulators.config import ChipSpec, SimulatorConfig
+from flakescan.simulators.datasets import (
+    ClassifierSetSpec,
+    crop_labels,
+    write_axis_set,
+    write_classifier_set,
+)
+from flakescan.simulators.optics import MATERIALS, StackOptics
+
+SMALL = SimulatorConfig.model_validate(
+    {"chip": {"width_um": 1200, "height_um": 1000, "thin_flakes_per_mm2": 20}}
+)
+
+
+def test_classifier_set_files_and_labels_follow_the_truth(tmp_path):
+    spec = ClassifierSetSpec(positives_per_chip=12, negatives_per_chip=8, background_per_chip=4)
+    counts = write_classifier_set(tmp_path, [3], SMALL, spec, vary=True)
+    images = sorted((tmp_path / "images").glob("*.png"))
+    labels = sorted((tmp_path / "labels").glob("*.txt"))
+    assert counts["crops"] == len(images) == len(labels) == 24
+    assert [p.stem for p in images] == [p.stem for p in labels]
+    img = np.asarray(Image.open(images[0]))
+    assert img.shape == (175, 175, 3) and img.dtype == np.uint8
+    rows = [list(map(int, p.read_text().split())) for p in labels]
+    assert all(len(r) == 4 and r[3] == int(any(r[:3])) for r in rows)
+    assert 0 < counts["any"] < counts["crops"]  # positives and negatives both
+    manifest = json.loads((tmp_path / "dataset.json").read_text())
+    assert manifest["convention"] == "GrapheneClassifier" and manifest["chip_seeds"] == [3]
+
+
+def test_a_crop_is_labelled_by_the_flakes_in_its_middle():
+    chip = generate_chip(ChipSpec(width_um=1200, height_um=1000, thin_flakes_per_mm2=20), 5)
+    optics = StackOptics(MATERIALS["graphene"], 285, 0.14)
+    spec = ClassifierSetSpec()
+    mono = next(o for o in chip.flakes(1, 1) if not o.parent_id and o.area_um2 > 50)
+    assert crop_labels(chip, mono.centroid_um, 100, optics, 0.15, spec)[0] == 1
+    assert crop_labels(chip, mono.centroid_um, 100, optics, 0.15, spec)[3] == 1
+    # Far from any flake: nothing.
+    empty = [
+        (x, y)
+        for x in range(200, 1000, 50)
+        for y in range(200, 800, 50)
+        if not chip.query(x - 60, y - 60, x + 60, y + 60)
+    ]
+    assert empty, "the test chip should have an empty spot"
+    assert crop_labels(chip, empty[0], 100, optics, 0.15, spec) == [0, 0, 0, 0]
+
+
+def test_axis_set_follows_the_axisid_conventions(tmp_path):
+    counts = write_axis_set(tmp_path, [3], SMALL, test_seeds=[4], crops_per_crystal=3)
+    with open(tmp_path / "train" / "angles.csv") as f:
+        rows = list(csv.reader(f))
+    assert counts["train_crystals"] == len(rows) > 0
+    for base, angle, count in rows:
+        assert 0 <= float(angle) < 30 and int(count) == 3
+        for n in range(3):
+            img = Image.open(tmp_path / "train" / "images" / f"{base}-{n}.tif")
+            assert img.size == (256, 256)
+    tests = sorted((tmp_path / "test" / "images").glob("*.tif"))
+    assert len(tests) == counts["test_images"] > 0
+    first = (tmp_path / "test" / "annotations" / f"{tests[0].stem}-edges.csv").read_text()
+    assert 0 <= float(first.splitlines()[0]) < 30
+    # The label is the crystal's true lattice axis, mod 30.
+    chip = generate_chip(SMALL.chip, 3)
+    base, angle, _ = rows[0]
+    xtal = next(o for o in chip.objects if o.id == int(base.split("xtal")[1]))
+    assert float(angle) == pytest.approx(xtal.axis_deg % 30, abs=1e-3)
+
+
+def test_simulate_sets_from_the_command_line(tmp_path, capsys):
+    rc = main(["simulate", "axis-set", "--seed", "9", "--chips", "1", "--out", str(tmp_path)])
+    assert rc == 0 and "train_crystals" in capsys.readouterr().out
+    assert (tmp_path / "train" / "angles.csv").is_file()
+    assert main(["simulate", "axis-set", "--seed", "9", "--chips", "0", "--out", "x"]) == 2
+    assert "--chips must be >= 1" in capsys.readouterr().err
