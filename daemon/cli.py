@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from .config import ConfigError, ServiceConfig, load_config, resolve_state_dir
-from .tools import cmd_evaluate, cmd_sim_truth, cmd_simulate
+from .tools import cmd_evaluate, cmd_evaluate_images, cmd_sim_truth, cmd_simulate
 
 __all__ = ["build_parser", "main"]
 
@@ -369,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--truth", type=Path, required=True, help="truth.json of the chip")
     sp.add_argument("--db", help="database file or SQLAlchemy URL (default: from config)")
     sp.add_argument("--state-dir", type=Path)
+    sp.add_argument("--format", choices=["table", "json"], default="table")
+
+    sp = add("evaluate-images", cmd_evaluate_images)
+    sp.add_argument("--coco", type=Path, required=True, help="a COCO annotation file")
+    sp.add_argument("--pixel-size", type=float, required=True, help="um/px of the images")
+    sp.add_argument("--material", choices=["graphene", "hBN", "MoS2", "WSe2"], default="hBN")
+    sp.add_argument("--oxide", type=float, default=285.0, help="SiO2 thickness, nm")
+    sp.add_argument("--max-layers", type=int, help="thickest flake the preset looks for")
+    sp.add_argument("--flare", type=float, default=0.15)
+    sp.add_argument("--min-contrast", type=float, default=0.04)
+    sp.add_argument("--min-cover", type=float, default=0.3, help="share of a label to find it")
+    sp.add_argument("--pixels-linear", action="store_true", help="do not decode sRGB")
+    sp.add_argument("--no-classifier", action="store_true")
     sp.add_argument("--format", choices=["table", "json"], default="table")
 
     sp = add("demo", cmd_demo)

@@ -21,6 +21,7 @@ TOPICS = (
     "scan.started",
     "tile.processed",
     "flake.found",
+    "flake.updated",
     "scan.finished",
     "scan.failed",
 )

@@ -33,6 +33,7 @@ from flakescan.hardware.microscope import Microscope
 from flakescan.inference.pipeline import Hit, TilePipeline
 
 from .scan_plan import ScanPlan
+from .sightings import SightingIndex, merge
 
 __all__ = ["ScanOutcome", "ScanRequest", "ScanRunner"]
 
@@ -87,6 +88,7 @@ class _ScanContext:
     flakes: int = 0
     per_class: Counter = field(default_factory=Counter)
     error: str | None = None
+    sightings: SightingIndex = field(default_factory=SightingIndex)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fail(self, reason: str) -> None:
@@ -296,20 +298,32 @@ class ScanRunner:
         owned: list[Hit] = [
             h for h in result.hits if ctx.plan.owner_of(h.x_um, h.y_um) == frame.index
         ]
+        fresh: list[Hit] = []
+        updates: list[tuple[int, Hit]] = []
+        for hit in owned:
+            seen = ctx.sightings.match(hit, frame.index)
+            if seen is None:
+                fresh.append(hit)
+            elif (merged := merge(seen.hit, hit)) is not None:
+                updates.append((seen.flake_id, merged))
+                ctx.sightings.replace(seen, merged)
         paths = []
-        for k, hit in enumerate(owned):
+        for k, hit in enumerate(fresh):
             path = ctx.thumbnails / f"tile{frame.index:04d}-{k:02d}.png"
             Image.fromarray(hit.thumbnail).save(path)
             paths.append(str(path))
-        rows = self.writer.record_tile(
+        rows, updated = self.writer.record_tile(
             scan_id=ctx.scan_id,
             chip_id=ctx.request.chip_id,
             tile=result,
             z_um=frame.z_um,
             acquired_at=acquired_at,
-            hits=owned,
+            hits=fresh,
             thumbnails=paths,
+            updates=updates,
         )
+        for row, hit in zip(rows, fresh, strict=True):
+            ctx.sightings.add(row["id"], frame.index, hit)
         ctx.tiles_done += 1
         ctx.flakes += len(rows)
         ctx.per_class.update(r["flake_class"] for r in rows)
@@ -329,3 +343,5 @@ class ScanRunner:
         )
         for row in rows:
             self.publish("flake.found", row)
+        for row in updated:
+            self.publish("flake.updated", row)

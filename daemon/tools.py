@@ -20,7 +20,13 @@ from rich.table import Table
 
 from .config import load_config
 
-__all__ = ["cmd_evaluate", "cmd_sim_truth", "cmd_simulate", "evaluation_table"]
+__all__ = [
+    "cmd_evaluate",
+    "cmd_evaluate_images",
+    "cmd_sim_truth",
+    "cmd_simulate",
+    "evaluation_table",
+]
 
 _PREVIEW_PX = 1600
 
@@ -78,7 +84,7 @@ def _simulate_chip(args: argparse.Namespace) -> int:
     from flakescan.simulators.chip import generate_chip
     from flakescan.simulators.conditions import draw_conditions
     from flakescan.simulators.mosaic import render_mosaic
-    from flakescan.simulators.render import srgb_encode
+    from flakescan.simulators.tone import srgb_encode
 
     cfg = load_config(args.config)
     sim = cfg.simulator.model_copy(update={"seed": args.seed})
@@ -205,4 +211,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             f"axis angle (mod 30 deg): mean absolute error {result['axis_mae_deg']:.2f} deg "
             f"over {result['axis_n']} flakes"
         )
+    return 0
+
+
+def cmd_evaluate_images(args: argparse.Namespace) -> int:
+    """Preselection and classifier recall on COCO-labelled real images (e.g. UA_BN)."""
+    from flakescan.inference.classifier import FlakeClassifier
+    from flakescan.inference.coco_eval import evaluate_coco
+    from flakescan.inference.presets import preset_for
+
+    cfg = load_config(args.config)
+    preselection = preset_for(
+        args.material,
+        args.oxide,
+        args.max_layers,
+        flare=args.flare,
+        numerical_aperture=cfg.objective.numerical_aperture,
+        min_contrast=args.min_contrast,
+        base=cfg.preselection,
+    )
+    classifier = None if args.no_classifier else FlakeClassifier.from_config(cfg.models)
+    report = evaluate_coco(
+        args.coco,
+        args.pixel_size,
+        preselection,
+        classifier,
+        srgb=not args.pixels_linear,
+        threshold=cfg.models.threshold,
+        min_cover=args.min_cover,
+    )
+    if args.format == "json":
+        print(json.dumps(report.as_dict(), indent=1))
+    else:
+        print(report.format_table())
     return 0

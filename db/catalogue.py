@@ -86,8 +86,11 @@ class CatalogueWriter:
         acquired_at: datetime,
         hits: Sequence[Hit],
         thumbnails: Sequence[str],
-    ) -> list[dict]:
-        """Store a processed tile and its hits in one transaction; return the flake rows."""
+        updates: Sequence[tuple[int, Hit]] = (),
+    ) -> tuple[list[dict], list[dict]]:
+        """Store a processed tile, its new flakes, and what it adds to flakes already
+        logged (a flake larger than the overlap, seen again from this tile), in one
+        transaction. Returns the new rows and the updated rows."""
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
             bg = (*tile.background, 0.0, 0.0, 0.0)[:3]
             row = Tile(
@@ -108,34 +111,21 @@ class CatalogueWriter:
             s.add(row)
             s.flush()
             flakes = [
-                Flake(
-                    scan_id=scan_id,
-                    tile_id=row.id,
-                    chip_id=chip_id,
-                    x_um=h.x_um,
-                    y_um=h.y_um,
-                    bbox_x0_um=h.bbox_um[0],
-                    bbox_y0_um=h.bbox_um[1],
-                    bbox_x1_um=h.bbox_um[2],
-                    bbox_y1_um=h.bbox_um[3],
-                    area_um2=h.area_um2,
-                    flake_class=h.flake_class,
-                    score_class1=h.scores[0],
-                    score_class2=h.scores[1],
-                    score_class3=h.scores[2],
-                    score_any=h.scores[-1],
-                    contrast_r=h.contrast[0],
-                    contrast_g=h.contrast[1] if len(h.contrast) > 1 else h.contrast[0],
-                    contrast_b=h.contrast[2] if len(h.contrast) > 2 else h.contrast[0],
-                    contrast_class=h.contrast_class,
-                    axis_angle_deg=h.axis_angle_deg,
-                    axis_confidence=h.axis_confidence,
-                    touches_border=h.touches_border,
-                    thumbnail_path=thumb,
-                )
-                for h, thumb in zip(hits, thumbnails, strict=True)
+                Flake(scan_id=scan_id, tile_id=row.id, chip_id=chip_id, thumbnail_path=thumb)
+                for thumb in thumbnails
             ]
+            if len(flakes) != len(hits):
+                raise ValueError(f"{len(hits)} hits but {len(thumbnails)} thumbnails")
+            for flake, hit in zip(flakes, hits, strict=True):
+                _set_measurements(flake, hit)
             s.add_all(flakes)
+            updated = []
+            for flake_id, hit in updates:
+                flake = s.get(Flake, flake_id)
+                if flake is None or flake.scan_id != scan_id:
+                    raise KeyError(f"no flake {flake_id} in scan {scan_id} to update")
+                _set_measurements(flake, hit)
+                updated.append(flake)
             s.execute(
                 update(Scan)
                 .where(Scan.id == scan_id)
@@ -144,7 +134,7 @@ class CatalogueWriter:
                 )
             )
             s.flush()
-            return [f.as_dict() for f in flakes]
+            return [f.as_dict() for f in flakes], [f.as_dict() for f in updated]
 
     def finish_scan(self, scan_id: int, status: str, reason: str = "") -> dict:
         """Close a scan with its final status; returns the scan's summary row."""
@@ -163,3 +153,19 @@ class CatalogueWriter:
                 "tiles_done": scan.tiles_done,
                 "flakes_found": scan.flakes_found,
             }
+
+
+def _set_measurements(flake: Flake, h: Hit) -> None:
+    """Copy what the pipeline measured of a hit onto its row."""
+    flake.x_um, flake.y_um = h.x_um, h.y_um
+    flake.bbox_x0_um, flake.bbox_y0_um, flake.bbox_x1_um, flake.bbox_y1_um = h.bbox_um
+    flake.area_um2 = h.area_um2
+    flake.flake_class = h.flake_class
+    flake.score_class1, flake.score_class2, flake.score_class3 = h.scores[:3]
+    flake.score_any = h.scores[-1]
+    rgb = (*h.contrast, h.contrast[0], h.contrast[0])[:3] if len(h.contrast) < 3 else h.contrast
+    flake.contrast_r, flake.contrast_g, flake.contrast_b = rgb[:3]
+    flake.contrast_class = h.contrast_class
+    flake.axis_angle_deg = h.axis_angle_deg
+    flake.axis_confidence = h.axis_confidence
+    flake.touches_border = h.touches_border

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from flakescan.simulators.tone import srgb_decode
+
 __all__ = ["Frame"]
 
 
@@ -27,6 +29,17 @@ class Frame:
     linear: bool = True  # whether pixel values are proportional to light (no gamma)
     index: int = 0  # position in the scan
     metadata: dict = field(default_factory=dict)
+
+    def linear_image(self) -> np.ndarray:
+        """Pixel values proportional to light, as contrast needs them.
+
+        Frames a camera declares non-linear are decoded with the sRGB curve (what consumer
+        cameras and JPEG files apply); the scale of the stored values is kept.
+        """
+        if self.linear:
+            return self.image
+        top = float(np.iinfo(self.image.dtype).max) if self.image.dtype.kind in "ui" else 1.0
+        return srgb_decode(self.image / np.float32(top)) * np.float32(top)
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -8,16 +8,13 @@ The network is multi-label over the GrapheneClassifier classes (R contrast <= 12
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import expit
 
 from .backends import InferenceBackend, create_backend
 from .config import ModelsConfig
 from .model_card import ModelCard, load_model_card
 
 __all__ = ["FlakeClassifier"]
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 class FlakeClassifier:
@@ -61,4 +58,4 @@ class FlakeClassifier:
             for i in range(0, len(crops), self.batch_size)
         ]
         logits = np.concatenate(out)
-        return _sigmoid(logits) if self.card.output.activation == "sigmoid" else logits
+        return expit(logits) if self.card.output.activation == "sigmoid" else logits

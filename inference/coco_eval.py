@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from flakescan.hardware.frame import Frame
+from flakescan.simulators.tone import srgb_decode
 
 from .classifier import FlakeClassifier
 from .config import PreselectionConfig
@@ -46,12 +47,10 @@ __all__ = [
     "ImageEvaluation",
     "evaluate_coco",
     "evaluate_image",
-    "linear_to_srgb",
     "load_coco",
     "load_linear_image",
     "match",
     "overlay",
-    "srgb_to_linear",
 ]
 
 # Linear frames are handed to the pipeline on the scale of an 8-bit camera (0-255), the range
@@ -140,9 +139,7 @@ def load_coco(path: Path | str) -> CocoDataset:
         seg = a.get("segmentation") or []
         if isinstance(seg, dict):
             raise ValueError(f"annotation {a['id']}: RLE segmentation is not supported")
-        polys = tuple(
-            np.asarray(p, dtype=float).reshape(-1, 2) for p in seg if len(p) >= 6
-        )
+        polys = tuple(np.asarray(p, dtype=float).reshape(-1, 2) for p in seg if len(p) >= 6)
         x, y, w, h = (float(v) for v in a["bbox"])
         # Not a["area"]: Roboflow exports (UA_BN) store the box's area there.
         area = sum(_shoelace(p) for p in polys) if polys else w * h
@@ -173,19 +170,6 @@ def load_coco(path: Path | str) -> CocoDataset:
 # --- pixels ----------------------------------------------------------------------------------
 
 
-def srgb_to_linear(encoded: np.ndarray) -> np.ndarray:
-    """Inverse sRGB transfer curve (IEC 61966-2-1): uint8 codes or [0, 1] floats -> [0, 1]."""
-    x = np.asarray(encoded)
-    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
-
-
-def linear_to_srgb(linear: np.ndarray) -> np.ndarray:
-    """The sRGB transfer curve on [0, 1] floats (values outside are clipped)."""
-    x = np.clip(np.asarray(linear, dtype=np.float32), 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055).astype(np.float32)
-
-
 def load_linear_image(path: Path | str, srgb: bool = True) -> np.ndarray:
     """(h, w, 3) float32 linear intensities on a 0-255 scale.
 
@@ -195,7 +179,7 @@ def load_linear_image(path: Path | str, srgb: bool = True) -> np.ndarray:
     with Image.open(path) as im:
         codes = np.asarray(im.convert("RGB"))
     if srgb:
-        return srgb_to_linear(codes) * np.float32(_LINEAR_SCALE)
+        return srgb_decode(codes / np.float32(255.0)) * np.float32(_LINEAR_SCALE)
     return codes.astype(np.float32)
 
 
@@ -383,9 +367,7 @@ class CocoReport:
             sum(c.n_annotations for c in rows),
             sum(c.n_below_min_area for c in rows),
             sum(c.found_preselection for c in rows),
-            None
-            if self.n_hits is None
-            else sum(c.found_classifier or 0 for c in rows),
+            None if self.n_hits is None else sum(c.found_classifier or 0 for c in rows),
         )
         for c in [*rows, total]:
             lines.append(
@@ -445,11 +427,10 @@ def evaluate_coco(
             row[2] += int(ev.found_preselection[i])
             if ev.found_classifier is not None:
                 row[3] += int(ev.found_classifier[i])
-    categories = {
-        name: CategoryResult(name, n, small, pre, cls if pipeline else None)
-        for cid, name in data.categories.items()
-        for n, small, pre, cls in [counts[cid]]
-    }
+    categories: dict[str, CategoryResult] = {}
+    for cid, name in data.categories.items():
+        n, small, pre, cls = counts[cid]
+        categories[name] = CategoryResult(name, n, small, pre, cls if pipeline else None)
     return CocoReport(
         coco_path=str(coco_path),
         n_images=len(data.images),
@@ -469,12 +450,16 @@ def evaluate_coco(
 
 # --- pictures --------------------------------------------------------------------------------
 
-_CATEGORY_COLOURS = [(255, 255, 255), (255, 220, 0), (255, 60, 60), (0, 230, 255)]
+_CATEGORY_COLOURS = [(255, 220, 0), (255, 60, 60), (255, 255, 255), (0, 230, 255), (255, 140, 0)]
 
 
 def overlay(encoded: np.ndarray, ev: ImageEvaluation, categories: dict[int, str]) -> Image.Image:
-    """The image with annotations (outlines, colour per category; dashed-grey if missed) and
-    candidates (filled green if on a flake, magenta if not; hits get a white box)."""
+    """The image with annotations and candidates drawn, for people to check the numbers.
+
+    Annotations: outlines in one colour per category (yellow, red, white, ... in category-id
+    order), 3 px if found by preselection, 1 px if missed. Candidates: tinted green if on an
+    annotated flake, magenta if not. Hits (with a classifier): a white box.
+    """
     img = Image.fromarray(np.asarray(encoded, np.uint8)).convert("RGB")
     tint = np.asarray(img).copy()
     for k, cand in enumerate(ev.candidates):
@@ -486,7 +471,7 @@ def overlay(encoded: np.ndarray, ev: ImageEvaluation, categories: dict[int, str]
     draw = ImageDraw.Draw(img)
     order = list(categories)
     for i, ann in enumerate(ev.annotations):
-        colour = _CATEGORY_COLOURS[(order.index(ann.category_id) + 1) % len(_CATEGORY_COLOURS)]
+        colour = _CATEGORY_COLOURS[order.index(ann.category_id) % len(_CATEGORY_COLOURS)]
         width = 3 if ev.found_preselection[i] else 1
         shapes = ann.polygons or (
             np.array(

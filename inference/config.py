@@ -32,6 +32,8 @@ class PreselectionConfig(BaseModel):
     # The GrapheneClassifier bins on R contrast: <=12 %, 12-19 %, 19-30 % (classes 1-3).
     class_bins: tuple[float, float, float, float] = (0.0, 0.12, 0.19, 0.30)
     min_area_um2: float = Field(20.0, ge=0)
+    # Regions of one contrast class closer than this are one flake (0: never merge).
+    merge_gap_um: float = Field(2.0, ge=0, le=50)
     smooth_sigma_px: float = Field(1.0, ge=0, le=10)
     opening_radius_px: int = Field(2, ge=0, le=10)
     # Share of a tile that must look like bare wafer for its background to be trusted.

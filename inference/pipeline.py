@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from flakescan.hardware.frame import Frame
+from flakescan.simulators.tone import srgb_encode
 
 from .axis import estimate_axis
 from .classifier import FlakeClassifier
@@ -61,14 +62,13 @@ class TileResult:
     timings_ms: dict[str, float]
 
 
-def _srgb_thumbnail(image: np.ndarray, bbox: tuple[int, int, int, int]) -> np.ndarray:
-    """Crop round a bbox, encoded for display (linear -> sRGB gamma, stretched to white)."""
+def _srgb_thumbnail(image: np.ndarray, bbox: tuple[int, int, int, int], white: float) -> np.ndarray:
+    """Crop round a bbox, encoded for display (linear -> sRGB, `white` -> 255)."""
     h, w = image.shape[:2]
     r0, c0, r1, c1 = bbox
     m = _THUMB_MARGIN_PX
     crop = image[max(r0 - m, 0) : min(r1 + m, h), max(c0 - m, 0) : min(c1 + m, w)]
-    f = crop.astype(np.float32) / max(float(np.percentile(image, 99.5)), 1.0)
-    return (255 * np.clip(f, 0, 1) ** (1 / 2.2)).astype(np.uint8)
+    return (255 * srgb_encode(crop.astype(np.float32) / white)).astype(np.uint8)
 
 
 class TilePipeline:
@@ -109,7 +109,8 @@ class TilePipeline:
 
     def process(self, frame: Frame) -> TileResult:
         t0 = time.perf_counter()
-        pre = preselect(frame.image, frame.pixel_size_um, self.preselection, self.wafer_colour)
+        image = frame.linear_image()
+        pre = preselect(image, frame.pixel_size_um, self.preselection, self.wafer_colour)
         if pre.background.fraction >= CLEAN_TILE_FRACTION:
             self.wafer_colour = pre.background.colour
         t1 = time.perf_counter()
@@ -132,6 +133,8 @@ class TilePipeline:
         t2 = time.perf_counter()
         hits: list[Hit] = []
         px = frame.pixel_size_um
+        # One white point per tile for the thumbnails (the 99.5th percentile: not a speck).
+        white = max(float(np.percentile(image[::4, ::4], 99.5)), 1.0) if cands else 1.0
         for cand, s in zip(cands, scores, strict=True):
             if s[-1] < self.threshold:
                 continue
@@ -154,7 +157,7 @@ class TilePipeline:
                     axis_confidence=conf,
                     touches_border=cand.touches_border,
                     centroid_px=cand.centroid_px,
-                    thumbnail=_srgb_thumbnail(frame.image, cand.bbox_px),
+                    thumbnail=_srgb_thumbnail(image, cand.bbox_px, white),
                 )
             )
         t3 = time.perf_counter()

@@ -69,6 +69,55 @@ def contrast_image(image: np.ndarray, background: Background, smooth_sigma_px: f
     return 1.0 - img / bg
 
 
+def _interior_median(contrast: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """Median contrast of a region's interior: edge pixels mix flake and wafer."""
+    interior = ndimage.binary_erosion(region, iterations=2)
+    use = interior if interior.sum() >= 8 else region
+    return np.median(contrast[use], axis=0)
+
+
+def _union_slice(slices: list[tuple[slice, slice]]) -> tuple[slice, slice]:
+    return (
+        slice(min(s[0].start for s in slices), max(s[0].stop for s in slices)),
+        slice(min(s[1].start for s in slices), max(s[1].stop for s in slices)),
+    )
+
+
+def _group_components(
+    labels: np.ndarray,
+    n: int,
+    inside: np.ndarray,
+    contrast: np.ndarray,
+    cfg: PreselectionConfig,
+    pixel_size_um: float,
+) -> list[list[tuple[tuple[slice, slice], int]]]:
+    """Components of one contrast class closer than `merge_gap_um` are one flake: a thin
+    flake cut in two by a speck of dust, or wrapped round a thick crystal, is still one flake
+    to look at. Components outside the class bins are never merged (crowded thick debris
+    would fuse into blobs)."""
+    comps = [
+        (
+            sl,
+            k,
+            contrast_class(
+                float(_interior_median(contrast[sl], labels[sl] == k)[0]), cfg.class_bins
+            ),
+        )
+        for k, sl in enumerate(ndimage.find_objects(labels), start=1)
+        if sl is not None
+    ]
+    radius = int(np.ceil(cfg.merge_gap_um / pixel_size_um / 2))
+    if radius == 0 or len(comps) < 2:
+        return [[(sl, k)] for sl, k, _ in comps]
+    near, _ = ndimage.label(ndimage.binary_dilation(inside, structure=_disk(radius)))
+    groups: dict[tuple[int, int], list[tuple[tuple[slice, slice], int]]] = {}
+    for sl, k, cls in comps:
+        rr, cc = np.nonzero(labels[sl] == k)
+        key = (int(near[sl][rr[0], cc[0]]), cls) if cls > 0 else (-k, 0)
+        groups.setdefault(key, []).append((sl, k))
+    return list(groups.values())
+
+
 def preselect(
     image: np.ndarray,
     pixel_size_um: float,
@@ -98,27 +147,26 @@ def preselect(
     labels, n = ndimage.label(inside, structure=np.ones((3, 3), bool))
     if n == 0:
         return PreselectionResult([], background, contrast)
+    groups = _group_components(labels, n, inside, contrast, cfg, pixel_size_um)
     px_area = pixel_size_um**2
     min_px = cfg.min_area_um2 / px_area
-    areas = np.bincount(labels.ravel(), minlength=n + 1)
     h, w = labels.shape
     candidates: list[Candidate] = []
-    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is None or areas[k] < min_px:
+    for members in groups:
+        sl = _union_slice([m[0] for m in members])
+        region = np.isin(labels[sl], [m[1] for m in members])
+        area = int(region.sum())
+        if area < min_px:
             continue
-        region = labels[sl] == k
         rr, cc = np.nonzero(region)
-        # Median contrast of the interior: edge pixels mix flake and wafer.
-        interior = ndimage.binary_erosion(region, iterations=2)
-        use = interior if interior.sum() >= 8 else region
-        med = np.median(contrast[sl][use], axis=0)
+        med = _interior_median(contrast[sl], region)
         r0, c0, r1, c1 = sl[0].start, sl[1].start, sl[0].stop, sl[1].stop
         candidates.append(
             Candidate(
                 bbox_px=(r0, c0, r1, c1),
                 centroid_px=(float(rr.mean() + r0), float(cc.mean() + c0)),
-                area_px=int(areas[k]),
-                area_um2=float(areas[k] * px_area),
+                area_px=area,
+                area_um2=float(area * px_area),
                 contrast=tuple(float(x) for x in med),
                 contrast_class=contrast_class(float(med[0]), cfg.class_bins),
                 touches_border=r0 == 0 or c0 == 0 or r1 == h or c1 == w,

@@ -15,8 +15,9 @@ noise floor) for the most thicknesses of the range -- and cuts that channel at +
 the other channels keep their full, possibly wide, range. Thicknesses the anchor cannot see
 (hBN mono- to few-layers at 1-3 % contrast, or thicknesses where the anchor channel flips
 sign) are reported in `PresetDerivation.uncovered_layers`, never silently dropped. On 285 nm
-oxide hBN is brighter than the wafer in green at every thickness up to 1500 layers, so the
-anchor is G < 0 and only the thinnest layers stay below the noise floor.
+oxide hBN is brighter than the wafer in green at every thickness up to 1500 layers, so wide
+ranges anchor on G < 0 and only 1-3 layers stay below the noise floor; for 1-50 layers red
+(darker, R > 0) sees one layer count more and wins.
 """
 
 from __future__ import annotations

@@ -264,7 +264,9 @@ class _ChipBuilder:
         outline = cleaved_crystal(
             rng, centre, radius, axis, spec.facet_scatter_deg, spec.torn_fraction, self.period
         )
-        n_cuts = int(rng.integers(0, spec.max_terrace_cuts + 1)) if radius > 4 else 0
+        # Bigger crystals break into more terraces (a step every ~15 um of radius).
+        most = min(spec.max_terrace_cuts, int(radius / 15) + 1) if radius > 4 else 0
+        n_cuts = int(rng.integers(0, most + 1))
         pieces = split_terraces(rng, outline, axis, n_cuts, self.period)
         base = self.bulk_layers()
         made: list[ChipObject] = []

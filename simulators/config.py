@@ -42,7 +42,7 @@ class ChipSpec(BaseModel):
     dust_per_mm2: float = Field(20.0, ge=0)
     terrace_fraction: float = Field(0.4, ge=0, le=1)
     # Thick crystals split into terraces along cleavage lines: up to this many cuts.
-    max_terrace_cuts: int = Field(3, ge=0, le=6)
+    max_terrace_cuts: int = Field(5, ge=0, le=8)
     # Thickness of thick crystals, log-uniform (nm).
     bulk_thickness_nm: tuple[float, float] = (8.0, 250.0)
     facet_scatter_deg: float = Field(2.0, ge=0, le=15)
@@ -87,6 +87,9 @@ class ImagingSpec(BaseModel):
     # Veiling glare as a share of the substrate signal: it lowers measured contrast by
     # 1/(1+flare), the 15-25 % shortfall against the ideal model that labs measure.
     flare: float = Field(0.15, ge=0, lt=1)
+    # Light a step edge of a thick crystal scatters out of the objective: its edges and
+    # terrace steps show as dark lines (the full darkening for steps of 100 nm and more).
+    edge_scatter: float = Field(0.5, ge=0, le=1)
     white_balance: tuple[float, float, float] = (1.0, 1.0, 1.0)
     # What leaves the camera: linear values (for measuring contrast), or sRGB-encoded with
     # a colour-saturation matrix, as consumer cameras and JPEG files deliver.

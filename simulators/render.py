@@ -20,19 +20,14 @@ from scipy import ndimage
 from .chip import Chip, ChipObject
 from .config import ImagingSpec
 from .optics import MATERIALS, POLYMER, StackOptics
+from .tone import srgb_encode
 
-__all__ = ["FieldRenderer", "srgb_encode"]
+__all__ = ["FieldRenderer"]
 
 # Reflectance beyond the chip edge, R, G, B: anodised holder, or the back of blue tape.
 _SURROUND = {"holder": np.array([0.05, 0.05, 0.06]), "tape": np.array([0.10, 0.16, 0.24])}
 _WAVELENGTH_UM = 0.55
 _WAFER, _OUTSIDE = 0, 1
-
-
-def srgb_encode(linear: np.ndarray) -> np.ndarray:
-    """The sRGB transfer curve on values in [0, 1]."""
-    x = np.clip(linear, 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055)
 
 
 @dataclass
@@ -93,6 +88,13 @@ class FieldRenderer:
             ).layers_reflectance(0)
         return self.substrate_reflectance * (obj.dust_albedo or 0.5)
 
+    def edge_darkening(self, obj: ChipObject) -> float:
+        """How much of the light an object's edge loses to scattering (0 for thin flakes:
+        a step of a few layers scatters next to nothing at low magnification)."""
+        if obj.kind != "bulk" or self.imaging.edge_scatter == 0:
+            return 0.0
+        return self.imaging.edge_scatter * min(1.0, obj.thickness_nm / 100.0)
+
     def blur_sigma_px(self, defocus_um: float) -> float:
         """Gaussian PSF width: diffraction limit plus geometric defocus blur."""
         na = self.numerical_aperture
@@ -116,9 +118,15 @@ class FieldRenderer:
 
         draw.polygon(to_px(np.asarray(self.chip.outline_um)), fill=_WAFER)
         lut = [self.substrate_reflectance, _SURROUND[self.chip.spec.surround]]
+        edge_px = max(1, round(0.8 / px))  # a scattering edge is about a micrometre wide
         for obj in objs:
-            draw.polygon(to_px(np.asarray(obj.outline_um)), fill=len(lut))
+            outline = to_px(np.asarray(obj.outline_um))
+            draw.polygon(outline, fill=len(lut))
             lut.append(self.reflectance_of(obj))
+            dark = self.edge_darkening(obj)
+            if dark > 0:
+                draw.line([*outline, outline[0]], fill=len(lut), width=edge_px)
+                lut.append(lut[-1] * (1.0 - dark))
         idx = np.asarray(labels)
         refl = np.asarray(lut, dtype=np.float32)[idx]
         outside = idx == _OUTSIDE

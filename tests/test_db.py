@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from datetime import datetime
 
 import numpy as np
@@ -66,8 +67,8 @@ def catalogue(tmp_path):
     engine.dispose()
 
 
-def record(writer, scan_id, index, hits):
-    return writer.record_tile(
+def record(writer, scan_id, index, hits, updates=()):
+    rows, _ = writer.record_tile(
         scan_id=scan_id,
         chip_id="chip-A",
         tile=tile(index, hits),
@@ -75,7 +76,9 @@ def record(writer, scan_id, index, hits):
         acquired_at=datetime(2026, 1, 1),
         hits=hits,
         thumbnails=[f"t{index}-{k}.png" for k in range(len(hits))],
+        updates=updates,
     )
+    return rows
 
 
 def test_sqlite_is_in_wal_mode_with_a_schema_version(catalogue):
@@ -160,3 +163,27 @@ def test_a_database_from_a_newer_flakescan_is_refused(tmp_path):
 def test_opening_a_missing_database_read_only_is_an_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no flake database"):
         open_database(sqlite_url(tmp_path / "missing.db"), create=False)
+
+
+def test_a_later_tile_updates_a_flake_in_the_same_transaction(catalogue):
+    engine, writer, scan_id, _ = catalogue
+    (first,) = record(writer, scan_id, 0, [hit(10, 500, 1)])
+    bigger = replace(hit(12, 900, 1), bbox_um=(0.0, 0.0, 40.0, 40.0))
+    rows, updated = writer.record_tile(
+        scan_id=scan_id,
+        chip_id="chip-A",
+        tile=tile(1, []),
+        z_um=0.0,
+        acquired_at=datetime(2026, 1, 1),
+        hits=[],
+        thumbnails=[],
+        updates=[(first["id"], bigger)],
+    )
+    assert rows == [] and updated[0]["id"] == first["id"] and updated[0]["area_um2"] == 900
+    assert updated[0]["thumbnail_path"] == "t0-0.png"  # the first sighting's picture stays
+    assert scan_summary(engine, scan_id)["flakes_found"] == 1
+    # An update of a flake that is not there fails, and the tile is not written either.
+    with pytest.raises(KeyError, match="no flake 999"):
+        record(writer, scan_id, 2, [hit(50, 100, 2)], updates=[(999, bigger)])
+    assert scan_summary(engine, scan_id)["tiles_done"] == 2
+    assert len(find_flakes(engine)) == 1

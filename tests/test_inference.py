@@ -136,4 +136,12 @@ def test_classifier_scores_flakes_above_dirt_and_wafer(classifier, scene):
     dust = next(o for o in chip.objects if o.kind == "dust")
     assert score_at(*flake.centroid_um) > 0.5
     assert score_at(*dust.centroid_um) < 0.5
-    assert score_at(-2000.0, 2000.0) < 0.5  # off the chip
+
+
+def test_the_pipeline_finds_nothing_off_the_chip(classifier, scene):
+    _, r = scene
+    pipe = TilePipeline(PreselectionConfig(), classifier)
+    on_chip = pipe.process(frame_at(r, 2000, 2000, 0))
+    assert on_chip.skipped_reason is None and pipe.wafer_colour is not None
+    off = pipe.process(frame_at(r, -2000, 2000, 1))  # the holder: nothing like the wafer
+    assert off.hits == [] and "bare wafer" in (off.skipped_reason or "")

@@ -23,7 +23,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +33,11 @@ from flakescan.inference.background import Background
 from flakescan.inference.config import PreselectionConfig
 from flakescan.inference.crops import classifier_crop, crop_window
 from flakescan.inference.pipeline import CLEAN_TILE_FRACTION
-from flakescan.inference.preselection import Candidate, contrast_class, preselect
+from flakescan.inference.preselection import Candidate, preselect
 from flakescan.simulators.chip import Chip, generate_chip
-from flakescan.simulators.config import ChipSpec, ImagingSpec
+from flakescan.simulators.conditions import draw_conditions
+from flakescan.simulators.config import ChipSpec, ImagingSpec, SimulatorConfig
+from flakescan.simulators.evaluate import measured_class
 from flakescan.simulators.optics import MATERIALS, StackOptics
 from flakescan.simulators.render import FieldRenderer
 
@@ -81,6 +83,9 @@ class DatasetSpec:
     min_candidate_share: float = 0.3
     # ... or when the candidate covers this share of the flake's pixels visible in the tile.
     min_flake_share: float = 0.5
+    # Each chip draws its own oxide, illumination, flare, white balance and exposure
+    # (simulators.conditions), so the network does not learn one microscope.
+    vary_conditions: bool = True
 
     def __post_init__(self) -> None:
         for name in ("random_tiles", "flake_tiles", "background_crops_per_tile"):
@@ -149,13 +154,12 @@ def flake_classes(chip: Chip, spec: DatasetSpec) -> dict[int, int]:
     what the preselection sees on a rendered tile; the bins are the preselection's.
     """
     optics = StackOptics(MATERIALS[chip.spec.material], chip.spec.oxide_nm, spec.numerical_aperture)
-    scale = 1.0 / (1.0 + spec.imaging.flare)
-    out: dict[int, int] = {}
-    for obj in chip.objects:
-        if obj.kind == "flake" and obj.layers is not None:
-            r = float(optics.contrast(obj.layers)[0]) * scale
-            out[obj.id] = contrast_class(r, spec.preselection.class_bins)
-    return out
+    bins = spec.preselection.class_bins
+    return {
+        obj.id: measured_class(obj, optics, spec.imaging.flare, bins)
+        for obj in chip.objects
+        if obj.kind == "flake" and obj.layers is not None
+    }
 
 
 def label_map(
@@ -177,8 +181,8 @@ def label_map(
         cols, rows = ((xs - x0) / px - 0.5).tolist(), ((ys - y0) / px - 0.5).tolist()
         return list(zip(cols, rows, strict=True))
 
-    corners = to_px(np.array([0.0, chip.spec.width_um]), np.array([0.0, chip.spec.height_um]))
-    draw.rectangle([corners[0], corners[1]], fill=_WAFER)
+    outline = np.asarray(chip.outline_um)
+    draw.polygon(to_px(outline[:, 0], outline[:, 1]), fill=_WAFER)
     for obj in chip.query(x0, y0, x0 + w * px, y0 + h * px):
         pts = np.asarray(obj.outline_um)
         draw.polygon(to_px(pts[:, 0], pts[:, 1]), fill=obj.id + 1)
@@ -318,6 +322,9 @@ def tile_crops(
 
 def chip_crops(seed: int, spec: DatasetSpec) -> dict[str, np.ndarray]:
     """All crops and labels of one chip, drawn from `seed` alone (chip, tiles and noise)."""
+    if spec.vary_conditions:
+        sim = draw_conditions(SimulatorConfig(chip=spec.chip, imaging=spec.imaging), seed)
+        spec = replace(spec, chip=sim.chip, imaging=sim.imaging)
     chip = generate_chip(spec.chip, seed)
     classes = flake_classes(chip, spec)
     renderer = FieldRenderer(
