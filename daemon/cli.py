@@ -275,15 +275,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.config, args.state_dir, _console())
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    """Train a model (needs the `train` extra: torch)."""
+_TRAINERS = {
+    "classifier": "flakescan.training.train_classifier",
+    "clr": "flakescan.training.clr",
+    "axis": "flakescan.training.train_axis",
+}
+_TESTERS = {"axis": "flakescan.training.test_axis"}
+
+
+def _run_training_module(module: str, argv: list[str]) -> int:
+    """Import a training entry point lazily: torch is only in the `train` extra."""
+    import importlib
+
     try:
-        if args.model == "classifier":
-            from flakescan.training.train_classifier import main as train_main
+        entry = importlib.import_module(module).main
     except ImportError as exc:
-        _err(f"training needs torch: pip install 'flakescan[train]' ({exc})")
+        if exc.name == module:
+            _err(f"{module} is not part of this flakescan installation")
+        else:
+            _err(f"training needs torch: pip install 'flakescan[train]' ({exc})")
         return EXIT_FAIL
-    return int(train_main(args.train_args) or 0)
+    return int(entry(argv) or 0)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model: the flake classifier, contrastive pre-training, or the axis regressor
+    (needs the `train` extra: torch). Arguments may come from a file: @config.txt."""
+    return _run_training_module(_TRAINERS[args.model], args.train_args)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    """Test a trained model on a held-out set in the seed's convention (needs torch)."""
+    return _run_training_module(_TESTERS[args.model], args.test_args)
+
+
+def cmd_evaluate_model(args: argparse.Namespace) -> int:
+    """Evaluate ONNX models on labelled sets: metrics across thresholds, plots, a report."""
+    return _run_training_module("flakescan.training.evaluate_model", args.eval_args)
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -388,8 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--state-dir", type=Path, default=Path("demo-state"))
 
     sp = add("train", cmd_train)
-    sp.add_argument("model", choices=["classifier"])
+    sp.add_argument("model", choices=sorted(_TRAINERS))
     sp.add_argument("train_args", nargs=argparse.REMAINDER, help="arguments of the trainer")
+
+    sp = add("test", cmd_test)
+    sp.add_argument("model", choices=sorted(_TESTERS))
+    sp.add_argument("test_args", nargs=argparse.REMAINDER, help="arguments of the tester")
+
+    sp = add("evaluate-model", cmd_evaluate_model)
+    sp.add_argument("eval_args", nargs=argparse.REMAINDER, help="arguments of the evaluator")
     return p
 
 

@@ -31,6 +31,9 @@ class ModelOutput(BaseModel):
     name: str
     classes: list[str] = []
     activation: str = "sigmoid"
+    # axis regressors: angles repeat every modulus_deg; encoding names the target vector
+    modulus_deg: float | None = Field(None, gt=0, le=360)
+    encoding: str | None = None
 
 
 class ModelCard(BaseModel):
