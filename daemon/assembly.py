@@ -15,6 +15,7 @@ from flakescan.db.catalogue import CatalogueWriter
 from flakescan.db.engine import open_database
 from flakescan.hardware.backends import open_microscope
 from flakescan.hardware.microscope import Microscope
+from flakescan.inference.axis_model import AxisModel
 from flakescan.inference.classifier import FlakeClassifier
 from flakescan.inference.pipeline import TilePipeline
 
@@ -37,8 +38,29 @@ class Components:
     writer: CatalogueWriter
     microscope: Microscope
     classifier: FlakeClassifier
+    axis_model: AxisModel | None
     runner: ScanRunner
     interrupted_scans: list[int]
+
+    def describe_models(self) -> dict:
+        """The models the daemon serves and the backends they run on, for `status`."""
+        models: dict = {
+            "classifier": {
+                "name": self.classifier.card.name,
+                "sha256": self.classifier.card.onnx_sha256,
+                **self.classifier.backend.describe(),
+            },
+            "axis": None,
+        }
+        if self.axis_model is not None:
+            models["axis"] = {
+                "name": self.axis_model.card.name,
+                "sha256": self.axis_model.card.onnx_sha256,
+                "modulus_deg": self.axis_model.modulus,
+                "views": self.axis_model.views,
+                **self.axis_model.backend.describe(),
+            }
+        return models
 
     def close(self) -> None:
         try:
@@ -64,10 +86,15 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
     try:
         writer = CatalogueWriter(engine)
         interrupted = writer.mark_interrupted()
+        engines = state_dir / "engines"
         try:
-            classifier = FlakeClassifier.from_config(cfg.models)
+            classifier = FlakeClassifier.from_config(cfg.models, engines)
         except Exception as exc:
             raise StartupError(f"classifier {cfg.models.classifier}: {exc}") from exc
+        try:
+            axis_model = AxisModel.from_config(cfg.models, engines)
+        except Exception as exc:
+            raise StartupError(f"axis model {cfg.models.axis}: {exc}") from exc
         try:
             microscope = open_microscope(
                 cfg.hardware, cfg.objective, cfg.travel_limits, cfg.simulator, cfg.replay
@@ -78,7 +105,13 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
         engine.dispose()
         lock.release()
         raise
-    pipeline = TilePipeline(cfg.preselection, classifier, cfg.models.threshold)
+    pipeline = TilePipeline(
+        cfg.preselection,
+        classifier,
+        cfg.models.threshold,
+        axis_modulus_deg=axis_model.modulus if axis_model else 30.0,
+        axis_model=axis_model,
+    )
     runner = ScanRunner(
         microscope,
         pipeline,
@@ -88,7 +121,7 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
         thumbnails_dir=state_dir / "thumbnails",
         classifier_name=classifier.card.name,
     )
-    return Components(lock, engine, writer, microscope, classifier, runner, interrupted)
+    return Components(lock, engine, writer, microscope, classifier, axis_model, runner, interrupted)
 
 
 def scan_request(cfg: ServiceConfig, p: ScanStartParams, microscope: Microscope) -> ScanRequest:

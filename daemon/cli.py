@@ -267,6 +267,28 @@ def cmd_scans(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    """List the models the daemon can load by name: the registry folders, then the shipped."""
+    from rich.table import Table
+
+    from flakescan.inference.registry import ModelRegistry
+
+    cfg = _config(args)
+    registry = ModelRegistry([*args.registry, *cfg.models.registry])
+    entries = [e.summary() for e in registry.entries(args.task)]
+    if args.format == "json":
+        print(json.dumps({"folders": [str(f) for f in registry.folders], "models": entries}))
+        return EXIT_OK
+    table = Table(title="models (first folder wins): " + ", ".join(map(str, registry.folders)))
+    for col in ("name", "task", "architecture", "parameters", "sha256"):
+        table.add_column(col, no_wrap=True)
+    for e in entries:
+        arch = e["architecture"].split(" (")[0]
+        table.add_row(e["name"], e["task"], arch, f"{e['parameters']:,}", e["sha256"][:12])
+    _console().print(table)
+    return EXIT_OK
+
+
 # -- simulator and training -----------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start a daemon on the simulator, scan the chip through it, print a summary."""
@@ -410,6 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-cover", type=float, default=0.3, help="share of a label to find it")
     sp.add_argument("--pixels-linear", action="store_true", help="do not decode sRGB")
     sp.add_argument("--no-classifier", action="store_true")
+    sp.add_argument("--format", choices=["table", "json"], default="table")
+
+    sp = add("models", cmd_models)
+    sp.add_argument("--registry", type=Path, action="append", default=[], help="a folder")
+    sp.add_argument("--task", help="only models of this task (flake-classifier, ...)")
     sp.add_argument("--format", choices=["table", "json"], default="table")
 
     sp = add("demo", cmd_demo)

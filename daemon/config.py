@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from flakescan.db.config import DatabaseConfig
 from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
 from flakescan.inference.config import ModelsConfig, PreselectionConfig
+from flakescan.inference.registry import is_model_path
 from flakescan.simulators.config import ReplayConfig, SimulatorConfig
 
 from .scan_plan import RegionUm
@@ -145,8 +146,16 @@ def _resolve_relative(cfg: ServiceConfig, base: Path) -> ServiceConfig:
     if cfg.state_dir is not None and not cfg.state_dir.expanduser().is_absolute():
         updates["state_dir"] = base / cfg.state_dir
     models, hardware = cfg.models, cfg.hardware
-    if not models.classifier.expanduser().is_absolute():
-        updates["models"] = models.model_copy(update={"classifier": base / models.classifier})
+    md: dict[str, Any] = {}
+    for key in ("classifier", "axis", "engine_cache"):
+        value = getattr(models, key)
+        is_path = key == "engine_cache" or (value is not None and is_model_path(value))
+        if value is not None and is_path and not value.expanduser().is_absolute():
+            md[key] = base / value
+    if any(not p.expanduser().is_absolute() for p in models.registry):
+        md["registry"] = [p if p.expanduser().is_absolute() else base / p for p in models.registry]
+    if md:
+        updates["models"] = models.model_copy(update=md)
     hw: dict[str, Any] = {}
     if hardware.mm_config is not None and not hardware.mm_config.is_absolute():
         hw["mm_config"] = base / hardware.mm_config

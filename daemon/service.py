@@ -207,6 +207,7 @@ class Daemon:
             scan=self.runner.current,
             last_scan=self.last_outcome,
             hardware=self._hardware_info,
+            models=self.components.describe_models() if self.components else None,
             database=self.config.database_url(self.state_dir),
             events_seq=self.events.seq,
         )

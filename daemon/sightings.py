@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from flakescan.inference.pipeline import Hit
+from flakescan.inference.pipeline import AXIS_FIELDS, Hit
 
 __all__ = ["SightingIndex", "merge"]
 
@@ -46,15 +46,15 @@ def merge(old: Hit, new: Hit) -> Hit | None:
         max(old.bbox_um[2], new.bbox_um[2]),
         max(old.bbox_um[3], new.bbox_um[3]),
     )
-    axis = max((old, new), key=lambda h: h.axis_confidence or 0.0)
+    # The axis of the better view: the CNN's over the edges', then the more confident.
+    axis = max((old, new), key=lambda h: (h.axis_source == "cnn", h.axis_confidence or 0.0))
     return replace(
         big,
         x_um=(bbox[0] + bbox[2]) / 2 if small.area_um2 > 0.2 * big.area_um2 else big.x_um,
         y_um=(bbox[1] + bbox[3]) / 2 if small.area_um2 > 0.2 * big.area_um2 else big.y_um,
         bbox_um=bbox,
-        axis_angle_deg=axis.axis_angle_deg,
-        axis_confidence=axis.axis_confidence,
         touches_border=True,
+        **{name: getattr(axis, name) for name in AXIS_FIELDS},
     )
 
 

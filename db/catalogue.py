@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import Engine, select, update
 from sqlalchemy.orm import Session
 
-from flakescan.inference.pipeline import Hit, TileResult
+from flakescan.inference.pipeline import AXIS_FIELDS, Hit, TileResult
 
 from .models import Flake, Scan, Tile, utcnow
 
@@ -166,6 +166,6 @@ def _set_measurements(flake: Flake, h: Hit) -> None:
     rgb = (*h.contrast, h.contrast[0], h.contrast[0])[:3] if len(h.contrast) < 3 else h.contrast
     flake.contrast_r, flake.contrast_g, flake.contrast_b = rgb[:3]
     flake.contrast_class = h.contrast_class
-    flake.axis_angle_deg = h.axis_angle_deg
-    flake.axis_confidence = h.axis_confidence
+    for name in AXIS_FIELDS:
+        setattr(flake, name, getattr(h, name))
     flake.touches_border = h.touches_border

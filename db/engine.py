@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 
 from .models import SCHEMA_VERSION, Base
 
@@ -30,6 +30,35 @@ def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur.close()
 
 
+# Columns added by each schema version, as (table, column, SQL type); applied in order inside
+# the opening transaction, so a catalogue is either fully upgraded or untouched.
+_ADDED_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
+    2: [
+        ("flakes", "axis_source", "VARCHAR(16)"),
+        ("flakes", "axis_cnn_deg", "FLOAT"),
+        ("flakes", "axis_cnn_confidence", "FLOAT"),
+        ("flakes", "axis_edges_deg", "FLOAT"),
+        ("flakes", "axis_edges_confidence", "FLOAT"),
+    ],
+}
+
+
+def _migrate(conn: Connection, version: int) -> None:
+    """Bring an older SQLite catalogue up to SCHEMA_VERSION (alembic takes over in #8).
+    Old rows keep their one axis angle; its source is recorded as the edges estimate."""
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        for table, column, sql_type in _ADDED_COLUMNS.get(v, []):
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
+        if v == 2:
+            conn.execute(
+                text(
+                    "UPDATE flakes SET axis_source = 'edges', axis_edges_deg = axis_angle_deg, "
+                    "axis_edges_confidence = axis_confidence WHERE axis_angle_deg IS NOT NULL"
+                )
+            )
+    conn.execute(text(f"PRAGMA user_version = {SCHEMA_VERSION}"))
+
+
 def open_database(url: str, *, create: bool = True) -> Engine:
     """Engine for the catalogue at `url`; creates the schema when asked and absent."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
@@ -48,6 +77,8 @@ def open_database(url: str, *, create: bool = True) -> Engine:
                     f"database schema version {version} is newer than this flakescan "
                     f"({SCHEMA_VERSION}); upgrade flakescan"
                 )
+            if 0 < version < SCHEMA_VERSION:
+                _migrate(conn, version)
         if create:
             Base.metadata.create_all(conn)
             if engine.dialect.name == "sqlite":

@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = ["SCHEMA_VERSION", "Base", "Flake", "Scan", "Tile", "plain", "row_dict", "utcnow"]
 
 # Stored in PRAGMA user_version; bumped with every schema change (migrations in #8).
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def utcnow() -> datetime:
@@ -133,6 +133,12 @@ class Flake(Base):
     contrast_class: Mapped[int] = mapped_column(Integer)
     axis_angle_deg: Mapped[float | None] = mapped_column(Float, nullable=True)
     axis_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # schema 2: both axis measurements, and which one axis_angle_deg is ("cnn", "edges")
+    axis_source: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    axis_cnn_deg: Mapped[float | None] = mapped_column(Float, nullable=True)
+    axis_cnn_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
+    axis_edges_deg: Mapped[float | None] = mapped_column(Float, nullable=True)
+    axis_edges_confidence: Mapped[float | None] = mapped_column(Float, nullable=True)
     touches_border: Mapped[bool] = mapped_column(Boolean)
     thumbnail_path: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -16,13 +16,15 @@ continuous across the wrap-around at 0 = modulus, where a plain angle jumps.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .backends import InferenceBackend, create_backend
 from .config import ModelsConfig
-from .model_card import ModelCard, load_model_card
+from .model_card import ModelCard
+from .registry import ModelRegistry
 
 __all__ = [
     "AXIS_TASK",
@@ -156,11 +158,27 @@ class AxisModel:
         self.views = views
 
     @classmethod
-    def from_path(cls, path, cfg: ModelsConfig | None = None, views: int = 8) -> AxisModel:
-        cfg = cfg or ModelsConfig()
-        card = load_model_card(path)
-        backend = create_backend(path, cfg.backend, cfg.device, cfg.intra_op_threads)
-        return cls(backend, card, views)
+    def from_path(cls, path: Path, cfg: ModelsConfig | None = None, views: int = 8) -> AxisModel:
+        """A model file (with its card) on the backend `cfg` names (default: the CPU)."""
+        cfg = cfg or ModelsConfig(backend="onnxruntime")
+        entry = ModelRegistry(cfg.registry).resolve(Path(path), AXIS_TASK)
+        backend = create_backend(entry.path, cfg.backend, cfg.device, cfg.intra_op_threads)
+        return cls(backend, entry.card, views)
+
+    @classmethod
+    def from_config(cls, cfg: ModelsConfig, engine_cache: Path | None = None) -> AxisModel | None:
+        """The configured axis model, or None when the config names none."""
+        if cfg.axis is None:
+            return None
+        entry = ModelRegistry(cfg.registry).resolve(cfg.axis, AXIS_TASK)
+        backend = create_backend(
+            entry.path,
+            cfg.backend,
+            cfg.device,
+            cfg.intra_op_threads,
+            cfg.engine_cache or engine_cache,
+        )
+        return cls(backend, entry.card, cfg.axis_views)
 
     @property
     def modulus(self) -> float:

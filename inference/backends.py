@@ -8,11 +8,14 @@ back. TensorRT and pycuda are imported only when a TensorRT backend is created.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .engine_cache import EngineCache, engine_key
 
 __all__ = [
     "BackendUnavailable",
@@ -32,13 +35,19 @@ class InferenceBackend(ABC):
 
     name: str
     device: str
+    # How the backend was chosen: "config", or "auto" with the reasons others were passed over.
+    selected_by: str = "config"
+    passed_over: tuple[str, ...] = ()
 
     @abstractmethod
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Outputs of the model's first output for a (n, ...) float32 batch."""
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device}
+        info: dict = {"backend": self.name, "device": self.device, "selected_by": self.selected_by}
+        if self.passed_over:
+            info["passed_over"] = list(self.passed_over)
+        return info
 
 
 class OnnxRuntimeBackend(InferenceBackend):
@@ -82,7 +91,9 @@ class TensorRTBackend(InferenceBackend):
 
     name = "tensorrt"
 
-    def __init__(self, model_path: Path, max_batch: int = 32) -> None:
+    def __init__(
+        self, model_path: Path, max_batch: int = 32, engine_cache: Path | None = None
+    ) -> None:
         try:
             import pycuda.driver as cuda
             import tensorrt as trt
@@ -93,24 +104,67 @@ class TensorRTBackend(InferenceBackend):
             ) from exc
         try:
             cuda.init()
+            device = cuda.Device(0)
             # An explicit context, made current around every call: the model is loaded on
             # one thread and run on the daemon's processing worker, another thread.
-            self._cuda_context = cuda.Device(0).make_context()
+            self._cuda_context = device.make_context()
         except Exception as exc:  # no driver, no device
             raise BackendUnavailable(f"models.backend = 'tensorrt' but no CUDA GPU: {exc}") from exc
         try:
-            self._build(trt, model_path, max_batch)
-        finally:
+            self._load(trt, Path(model_path), max_batch, device, engine_cache)
+        except BaseException:
             self._cuda_context.pop()
+            raise
+        self._cuda_context.pop()
         self.device = "cuda"
         self._cuda = cuda
 
-    def _build(self, trt: Any, model_path: Path, max_batch: int) -> None:
+    def _load(
+        self, trt: Any, model_path: Path, max_batch: int, device: Any, cache_dir: Path | None
+    ) -> None:
         logger = trt.Logger(trt.Logger.WARNING)
+        runtime = trt.Runtime(logger)
+
+        def deserialize(blob: bytes) -> Any:
+            return runtime.deserialize_cuda_engine(blob)
+
+        def build() -> bytes:
+            return self._build(trt, logger, model_path, max_batch)
+
+        major, minor = device.compute_capability()
+        key = engine_key(
+            hashlib.sha256(model_path.read_bytes()).hexdigest(),
+            trt.__version__,
+            device.name(),
+            f"{major}.{minor}",
+            max_batch,
+        )
+        if cache_dir is None:
+            self._engine, self.engine_source = deserialize(build()), "built (no cache)"
+        else:
+            self._engine, self.engine_source = EngineCache(cache_dir).load_or_build(
+                model_path.stem, key, build, deserialize
+            )
+        if self._engine is None:
+            raise BackendUnavailable(f"TensorRT could not load the engine for {model_path}")
+        self._execution = self._engine.create_execution_context()
+        names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
+        mode = self._engine.get_tensor_mode
+        self._input = next(n for n in names if mode(n) == trt.TensorIOMode.INPUT)
+        self._output = next(n for n in names if mode(n) == trt.TensorIOMode.OUTPUT)
+        self._in_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._input)))
+        self._out_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype(self._output)))
+        self._max_batch = max_batch
+
+    @staticmethod
+    def _build(trt: Any, logger: Any, model_path: Path, max_batch: int) -> bytes:
+        """A strongly typed network: every tensor keeps the ONNX file's precision, so an
+        FP16 model runs in FP16 and an FP32 model in FP32, never silently lowered."""
         builder = trt.Builder(logger)
-        network = builder.create_network(0)
+        flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)
         parser = trt.OnnxParser(network, logger)
-        if not parser.parse(Path(model_path).read_bytes()):
+        if not parser.parse(model_path.read_bytes()):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise BackendUnavailable(f"TensorRT could not parse {model_path}: {errors}")
         config = builder.create_builder_config()
@@ -123,11 +177,10 @@ class TensorRTBackend(InferenceBackend):
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise BackendUnavailable(f"TensorRT failed to build an engine for {model_path}")
-        self._engine = trt.Runtime(logger).deserialize_cuda_engine(serialized)
-        self._execution = self._engine.create_execution_context()
-        self._input = inp.name
-        self._output = network.get_output(0).name
-        self._max_batch = max_batch
+        return bytes(serialized)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "engine": self.engine_source}
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         self._cuda_context.push()
@@ -140,10 +193,13 @@ class TensorRTBackend(InferenceBackend):
         cuda = self._cuda
         outputs = []
         for start in range(0, len(batch), self._max_batch):
-            part = np.ascontiguousarray(batch[start : start + self._max_batch], dtype=np.float32)
+            # The engine's own I/O types (FP16 for an FP16 model): cast in, float32 out.
+            part = np.ascontiguousarray(
+                batch[start : start + self._max_batch], dtype=self._in_dtype
+            )
             self._execution.set_input_shape(self._input, part.shape)
             out_shape = tuple(self._execution.get_tensor_shape(self._output))
-            out = np.empty(out_shape, np.float32)
+            out = np.empty(out_shape, self._out_dtype)
             d_in, d_out = cuda.mem_alloc(part.nbytes), cuda.mem_alloc(out.nbytes)
             cuda.memcpy_htod(d_in, part)
             self._execution.set_tensor_address(self._input, int(d_in))
@@ -152,18 +208,46 @@ class TensorRTBackend(InferenceBackend):
             self._execution.execute_async_v3(stream.handle)
             cuda.memcpy_dtoh_async(out, d_out, stream)
             stream.synchronize()
-            outputs.append(out)
+            outputs.append(out.astype(np.float32))
         return np.concatenate(outputs)
 
 
 def create_backend(
-    model_path: Path, backend: str = "onnxruntime", device: str = "cpu", intra_op_threads: int = 0
+    model_path: Path,
+    backend: str = "onnxruntime",
+    device: str = "cpu",
+    intra_op_threads: int = 0,
+    engine_cache: Path | None = None,
 ) -> InferenceBackend:
-    """The backend the configuration asks for, or BackendUnavailable saying why not."""
+    """The backend the configuration asks for, or BackendUnavailable saying why not.
+
+    "auto" takes the fastest that runs here — TensorRT on a GPU, then ONNX Runtime on CUDA,
+    then ONNX Runtime on the CPU — and records why it passed the others over, so the
+    daemon's status shows what runs and why. An explicit choice is never replaced.
+    """
     if backend == "onnxruntime":
         return OnnxRuntimeBackend(model_path, device=device, intra_op_threads=intra_op_threads)
     if backend == "tensorrt":
         if device != "cuda":
             raise BackendUnavailable("models.backend = 'tensorrt' runs only with device 'cuda'")
-        return TensorRTBackend(model_path)
-    raise BackendUnavailable(f"models.backend = {backend!r}: expected 'onnxruntime' or 'tensorrt'")
+        return TensorRTBackend(model_path, engine_cache=engine_cache)
+    if backend == "auto":
+        passed_over: list[str] = []
+        attempts: list[tuple[str, Any]] = [
+            ("tensorrt", lambda: TensorRTBackend(model_path, engine_cache=engine_cache)),
+            ("onnxruntime/cuda", lambda: OnnxRuntimeBackend(model_path, "cuda", intra_op_threads)),
+            ("onnxruntime/cpu", lambda: OnnxRuntimeBackend(model_path, "cpu", intra_op_threads)),
+        ]
+        for label, make in attempts:
+            try:
+                chosen = make()
+            except BackendUnavailable as exc:
+                passed_over.append(f"{label}: {exc}")
+                continue
+            chosen.selected_by = "auto"
+            chosen.passed_over = tuple(passed_over)
+            return chosen
+        raise BackendUnavailable("no backend runs here: " + "; ".join(passed_over))
+    raise BackendUnavailable(
+        f"models.backend = {backend!r}: expected 'auto', 'onnxruntime' or 'tensorrt'"
+    )

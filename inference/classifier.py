@@ -7,12 +7,15 @@ The network is multi-label over the GrapheneClassifier classes (R contrast <= 12
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy.special import expit
 
 from .backends import InferenceBackend, create_backend
 from .config import ModelsConfig
-from .model_card import ModelCard, load_model_card
+from .model_card import ModelCard
+from .registry import ModelRegistry
 
 __all__ = ["FlakeClassifier"]
 
@@ -32,10 +35,16 @@ class FlakeClassifier:
         self.batch_size = batch_size
 
     @classmethod
-    def from_config(cls, cfg: ModelsConfig) -> FlakeClassifier:
-        card = load_model_card(cfg.classifier)
-        backend = create_backend(cfg.classifier, cfg.backend, cfg.device, cfg.intra_op_threads)
-        return cls(backend, card, cfg.batch_size)
+    def from_config(cls, cfg: ModelsConfig, engine_cache: Path | None = None) -> FlakeClassifier:
+        entry = ModelRegistry(cfg.registry).resolve(cfg.classifier, "flake-classifier")
+        backend = create_backend(
+            entry.path,
+            cfg.backend,
+            cfg.device,
+            cfg.intra_op_threads,
+            cfg.engine_cache or engine_cache,
+        )
+        return cls(backend, entry.card, cfg.batch_size)
 
     @property
     def crop_um(self) -> float:

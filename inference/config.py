@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["ModelsConfig", "PreselectionConfig", "default_classifier_path"]
+__all__ = [
+    "ModelsConfig",
+    "PreselectionConfig",
+    "default_axis_model",
+    "default_classifier_path",
+]
 
 _MODELS_DIR = Path(__file__).parent / "models"
 
@@ -15,6 +20,12 @@ _MODELS_DIR = Path(__file__).parent / "models"
 def default_classifier_path() -> Path:
     """The small CNN-4 classifier shipped with flakescan (see its model card)."""
     return _MODELS_DIR / "flake_classifier_cnn4.onnx"
+
+
+def default_axis_model() -> Path | None:
+    """The shipped axis regressor (AxisID Model 3), if this installation has one."""
+    path = _MODELS_DIR / "axis_model3.onnx"
+    return path if path.is_file() else None
 
 
 class PreselectionConfig(BaseModel):
@@ -53,17 +64,34 @@ class PreselectionConfig(BaseModel):
 
 
 class ModelsConfig(BaseModel):
-    """`[models]`: which networks score candidates, and on what."""
+    """`[models]`: which networks score candidates and measure axes, and on what.
+
+    A model is a registry name (`<name>.onnx` with its card in a `registry` folder or among
+    the shipped models) or a path ending in `.onnx`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     classifier: Path = Field(default_factory=default_classifier_path)
-    # onnxruntime on "cpu" or "cuda"; tensorrt always on a GPU. No silent fallback.
-    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    # None: the axis angle comes from the flake's straight edges only.
+    axis: Path | None = Field(default_factory=default_axis_model)
+    registry: list[Path] = []
+    # auto: TensorRT on a GPU, else ONNX Runtime on CUDA, else on the CPU (status says which
+    # and why). onnxruntime runs on `device`; tensorrt always on a GPU. No silent fallback
+    # from an explicit choice.
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
     device: Literal["cpu", "cuda"] = "cpu"
+    engine_cache: Path | None = None  # TensorRT engines; None: <state_dir>/engines
     threshold: float = Field(0.5, gt=0, lt=1)
     batch_size: int = Field(32, ge=1, le=4096)
     intra_op_threads: int = Field(0, ge=0, le=256, description="0: ONNX Runtime decides")
+    axis_views: Literal[1, 2, 4, 8] = 8
+
+    @field_validator("axis", mode="before")
+    @classmethod
+    def _no_axis_model(cls, value: object) -> object:
+        # TOML has no null: "" or "none" ask for the straight-edge estimate only.
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none") else value
 
     @model_validator(mode="after")
     def _tensorrt_on_gpu(self) -> ModelsConfig:

@@ -17,6 +17,7 @@ from flakescan.hardware.frame import Frame
 from flakescan.simulators.tone import srgb_encode
 
 from .axis import estimate_axis
+from .axis_model import AxisModel, AxisPrediction, axis_crop
 from .classifier import FlakeClassifier
 from .config import PreselectionConfig
 from .crops import classifier_crop
@@ -48,6 +49,24 @@ class Hit:
     touches_border: bool
     centroid_px: tuple[float, float]
     thumbnail: np.ndarray = field(repr=False)  # sRGB uint8 crop, for people to look at
+    # Both axis measurements are kept; axis_angle_deg is the CNN's where it could look at
+    # the whole crystal, else the straight-edge estimate ("cnn" / "edges" / None).
+    axis_source: str | None = None
+    axis_cnn_deg: float | None = None
+    axis_cnn_confidence: float | None = None
+    axis_edges_deg: float | None = None
+    axis_edges_confidence: float | None = None
+
+
+AXIS_FIELDS = (
+    "axis_angle_deg",
+    "axis_confidence",
+    "axis_source",
+    "axis_cnn_deg",
+    "axis_cnn_confidence",
+    "axis_edges_deg",
+    "axis_edges_confidence",
+)
 
 
 @dataclass(frozen=True)
@@ -80,11 +99,18 @@ class TilePipeline:
         classifier: FlakeClassifier,
         threshold: float = 0.5,
         axis_modulus_deg: float = 30.0,
+        axis_model: AxisModel | None = None,
     ) -> None:
+        if axis_model is not None and axis_model.modulus != axis_modulus_deg:
+            raise ValueError(
+                f"axis model {axis_model.card.name!r} has modulus {axis_model.modulus} deg, "
+                f"the pipeline {axis_modulus_deg} deg"
+            )
         self.preselection = preselection
         self.classifier = classifier
         self.threshold = threshold
         self.axis_modulus_deg = axis_modulus_deg
+        self.axis_model = axis_model
         self.wafer_colour: np.ndarray | None = None
 
     def start_chip(self) -> None:
@@ -106,6 +132,25 @@ class TilePipeline:
         signal = contrast[R0:R1, C0:C1] @ (direction / norm)
         est = estimate_axis(signal, region, modulus_deg=self.axis_modulus_deg)
         return (est.angle_deg, est.confidence) if est else (None, None)
+
+    def _cnn_axes(self, image: np.ndarray, cands: list[Candidate]) -> list[AxisPrediction | None]:
+        """The axis CNN on every hit it can see whole (one batch); None for the others:
+        no model, a crystal cut by the frame edge, or one too large for a centred window."""
+        found: list[AxisPrediction | None] = [None] * len(cands)
+        if self.axis_model is None or not cands:
+            return found
+        crops, where = [], []
+        for i, cand in enumerate(cands):
+            if cand.touches_border:
+                continue
+            crop = axis_crop(image, cand.bbox_px, self.axis_model.input_px)
+            if crop is not None:
+                crops.append(crop)
+                where.append(i)
+        if crops:
+            for i, pred in zip(where, self.axis_model.predict(np.stack(crops)), strict=True):
+                found[i] = pred
+        return found
 
     def process(self, frame: Frame) -> TileResult:
         t0 = time.perf_counter()
@@ -135,11 +180,17 @@ class TilePipeline:
         px = frame.pixel_size_um
         # One white point per tile for the thumbnails (the 99.5th percentile: not a speck).
         white = max(float(np.percentile(image[::4, ::4], 99.5)), 1.0) if cands else 1.0
-        for cand, s in zip(cands, scores, strict=True):
-            if s[-1] < self.threshold:
-                continue
+        accepted = [(c, s) for c, s in zip(cands, scores, strict=True) if s[-1] >= self.threshold]
+        cnn_axes = self._cnn_axes(image, [c for c, _ in accepted])
+        for (cand, s), cnn in zip(accepted, cnn_axes, strict=True):
             assert pre.contrast is not None
-            angle, conf = self._axis(pre.contrast, cand)
+            edges_angle, edges_conf = self._axis(pre.contrast, cand)
+            if cnn is not None:
+                angle, conf, source = cnn.angle_deg, cnn.confidence, "cnn"
+            elif edges_angle is not None:
+                angle, conf, source = edges_angle, edges_conf, "edges"
+            else:
+                angle, conf, source = None, None, None
             r0, c0, r1, c1 = cand.bbox_px
             x0, y0 = frame.pixel_to_stage(r0 - 0.5, c0 - 0.5)
             x, y = frame.pixel_to_stage(*cand.centroid_px)
@@ -158,6 +209,11 @@ class TilePipeline:
                     touches_border=cand.touches_border,
                     centroid_px=cand.centroid_px,
                     thumbnail=_srgb_thumbnail(image, cand.bbox_px, white),
+                    axis_source=source,
+                    axis_cnn_deg=cnn.angle_deg if cnn else None,
+                    axis_cnn_confidence=cnn.confidence if cnn else None,
+                    axis_edges_deg=edges_angle,
+                    axis_edges_confidence=edges_conf,
                 )
             )
         t3 = time.perf_counter()

@@ -245,6 +245,11 @@ def test_status_reports_the_hardware_and_state(start_daemon):
     assert status["state"] == "idle"
     assert status["hardware"]["pixel_size_um"] == pytest.approx(0.57)
     assert status["hardware"]["fov_um"] == pytest.approx([1024 * 0.57, 768 * 0.57], abs=0.01)
+    classifier = status["models"]["classifier"]
+    assert classifier["name"] == "flake_classifier_cnn4" and len(classifier["sha256"]) == 64
+    # backend = "auto" in service.toml: this machine has no GPU, and status says so.
+    assert (classifier["backend"], classifier["device"]) == ("onnxruntime", "cpu")
+    assert classifier["selected_by"] == "auto" and classifier["passed_over"]
     assert d.client.request("shutdown")["success"]
     assert d.proc.wait(timeout=30) == 0
 

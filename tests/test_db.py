@@ -12,6 +12,7 @@ from sqlalchemy import text
 
 from flakescan.db.catalogue import CatalogueWriter
 from flakescan.db.engine import SchemaVersionError, open_database, sqlite_url
+from flakescan.db.models import SCHEMA_VERSION
 from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans, scan_summary
 from flakescan.inference.pipeline import Hit, TileResult
 
@@ -85,8 +86,36 @@ def test_sqlite_is_in_wal_mode_with_a_schema_version(catalogue):
     engine, *_ = catalogue
     with engine.connect() as c:
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert c.execute(text("PRAGMA user_version")).scalar() == 1
+        assert c.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION == 2
         assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_a_version_1_catalogue_is_upgraded_in_place_and_keeps_its_rows(catalogue):
+    engine, writer, scan_id, path = catalogue
+    record(writer, scan_id, 0, [hit(1.0, 30.0, 1)])
+    engine.dispose()
+    # Turn it into what flakescan 0.1 wrote: schema 1 had one axis angle per flake.
+    with sqlite3.connect(path) as con:
+        for col in (
+            "axis_source",
+            "axis_cnn_deg",
+            "axis_cnn_confidence",
+            "axis_edges_deg",
+            "axis_edges_confidence",
+        ):
+            con.execute(f"ALTER TABLE flakes DROP COLUMN {col}")
+        con.execute("PRAGMA user_version = 1")
+    engine = open_database(sqlite_url(path), create=False)
+    with engine.connect() as c:
+        assert c.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION
+        row = c.execute(
+            text(
+                "SELECT axis_angle_deg, axis_source, axis_edges_deg, "
+                "axis_edges_confidence, axis_cnn_deg FROM flakes"
+            )
+        ).one()
+    assert tuple(row) == (12.5, "edges", 12.5, 0.7, None)
+    engine.dispose()
 
 
 def test_tiles_and_flakes_are_written_and_queried(catalogue):
