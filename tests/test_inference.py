@@ -92,6 +92,22 @@ def test_tensorrt_agrees_with_onnxruntime():  # pragma: no cover - needs a GPU
     np.testing.assert_allclose(trt, ort, atol=1e-3)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not gpu_available(), reason="no CUDA GPU with TensorRT on this machine")
+def test_tensorrt_engines_are_cached_and_rebuilt_when_stale(tmp_path):  # pragma: no cover
+    model, cache = default_classifier_path(), tmp_path / "engines"
+    first = create_backend(model, "tensorrt", "cuda", engine_cache=cache)
+    assert first.describe()["engine"] == "built"
+    (engine_file,) = cache.glob("flake_classifier_cnn4-*.engine")
+    second = create_backend(model, "tensorrt", "cuda", engine_cache=cache)
+    assert second.describe()["engine"] == "cached"
+    engine_file.write_bytes(engine_file.read_bytes()[:100])  # truncated on disk
+    third = create_backend(model, "tensorrt", "cuda", engine_cache=cache)
+    assert third.describe()["engine"] == "rebuilt"
+    batch = np.zeros((2, 3, 64, 64), np.float32)
+    np.testing.assert_allclose(third.run(batch), first.run(batch), atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def scene():
     chip = generate_chip(ChipSpec(width_um=4000, height_um=4000, thin_flakes_per_mm2=12), 21)
