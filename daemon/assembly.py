@@ -111,6 +111,7 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
         cfg.models.threshold,
         axis_modulus_deg=axis_model.modulus if axis_model else 30.0,
         axis_model=axis_model,
+        axis_primary=cfg.models.axis_primary,
     )
     runner = ScanRunner(
         microscope,

@@ -450,13 +450,25 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("model", choices=sorted(_TESTERS))
     sp.add_argument("test_args", nargs=argparse.REMAINDER, help="arguments of the tester")
 
-    sp = add("evaluate-model", cmd_evaluate_model)
+    sp = add("evaluate-model", cmd_evaluate_model, add_help=False)
     sp.add_argument("eval_args", nargs=argparse.REMAINDER, help="arguments of the evaluator")
     return p
 
 
+# Commands whose arguments belong to another program (a trainer, an evaluator).
+_PASS_THROUGH = {"train": "train_args", "test": "test_args", "evaluate-model": "eval_args"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # argparse's REMAINDER cannot take an option as its first word ("evaluate-model
+        # --classifier ..."): hand what it left to the program the command runs.
+        if args.command not in _PASS_THROUGH:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        dest = _PASS_THROUGH[args.command]
+        setattr(args, dest, [*getattr(args, dest), *extra])
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

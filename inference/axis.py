@@ -19,7 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["AxisEstimate", "estimate_axis"]
+from .crops import CROP_BORDER_PX, crop_contrast
+
+__all__ = ["AxisEstimate", "estimate_axis", "estimate_axis_of_crop"]
 
 _BINS = 360  # over the 12-theta circle: 1/12 deg of axis angle per bin
 
@@ -80,3 +82,32 @@ def estimate_axis(
     near = np.abs((phase - mode + np.pi) % (2 * np.pi) - np.pi) <= np.radians(window_deg * k)
     confidence = float(w[near].sum() / w.sum())
     return AxisEstimate(angle_deg=float(angle), confidence=confidence, n_edge_px=n_edge)
+
+
+def estimate_axis_of_crop(image: np.ndarray, modulus_deg: float = 30.0) -> AxisEstimate | None:
+    """The straight-edge estimate for a crop centred on one crystal (an AxisID image).
+
+    Fed as the tile pipeline feeds `estimate_axis`: contrast against the fitted wafer
+    (anchored on the crop's border), the crystal's mask, and the contrast projected on the
+    crystal's own colour (any material, thin or thick). The crystal is the largest region
+    clearly off the wafer colour, holes filled: terraces inside it are not its outline. This
+    is the baseline every axis model is measured against.
+    """
+    contrast = crop_contrast(image)
+    mag = np.linalg.norm(contrast, axis=2)
+    edge = np.ones(mag.shape, bool)
+    edge[CROP_BORDER_PX:-CROP_BORDER_PX, CROP_BORDER_PX:-CROP_BORDER_PX] = False
+    noise = 1.4826 * float(np.median(np.abs(mag[edge] - np.median(mag[edge]))))
+    inside = mag > max(0.02, float(np.median(mag[edge])) + 5 * noise)
+    inside = ndimage.binary_opening(inside, iterations=2)
+    labels, n = ndimage.label(inside)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
+    region = ndimage.binary_fill_holes(labels == 1 + int(np.argmax(sizes)))
+    interior = ndimage.binary_erosion(region, iterations=2)
+    direction = np.median(contrast[interior if interior.sum() >= 8 else region], axis=0)
+    norm = float(np.linalg.norm(direction))
+    if norm == 0:
+        return None
+    return estimate_axis(contrast @ (direction / norm), region, modulus_deg=modulus_deg)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["classifier_crop", "crop_window"]
+__all__ = ["classifier_crop", "crop_contrast", "crop_window"]
+
+CROP_BORDER_PX = 6  # ring of pixels taken as wafer round a crop centred on one object
 
 
 def crop_window(
@@ -50,3 +52,23 @@ def classifier_crop(
         img = Image.fromarray(window[:, :, ch], mode="F")
         out[ch] = np.asarray(img.resize((input_px, input_px), Image.Resampling.BOX))
     return out
+
+
+def border_colour(image: np.ndarray, ring: int = CROP_BORDER_PX) -> np.ndarray:
+    """Per-channel median of the outer ring: the wafer round an object a crop centres on."""
+    edge = np.ones(image.shape[:2], bool)
+    edge[ring:-ring, ring:-ring] = False
+    return np.median(image[edge].reshape(-1, image.shape[2]), axis=0)
+
+
+def crop_contrast(image: np.ndarray) -> np.ndarray:
+    """(h, w, 3) float32 contrast 1 - I/background of a linear crop centred on one object
+    (a data set's crop, not a tile): the daemon's quadratic wafer fit, anchored on the
+    crop's border colour, and the preselection's smoothing."""
+    from .background import estimate_background
+    from .config import PreselectionConfig
+    from .preselection import contrast_image
+
+    img = np.asarray(image, dtype=np.float32)
+    bg = estimate_background(img, reference=border_colour(img))
+    return contrast_image(img, bg, PreselectionConfig().smooth_sigma_px)

@@ -49,8 +49,9 @@ class Hit:
     touches_border: bool
     centroid_px: tuple[float, float]
     thumbnail: np.ndarray = field(repr=False)  # sRGB uint8 crop, for people to look at
-    # Both axis measurements are kept; axis_angle_deg is the CNN's where it could look at
-    # the whole crystal, else the straight-edge estimate ("cnn" / "edges" / None).
+    # Both axis measurements are kept; axis_angle_deg is the primary one (the pipeline's
+    # `axis_primary`) where it exists, else the other ("cnn" / "edges" / None). The CNN
+    # reads only crystals it sees whole.
     axis_source: str | None = None
     axis_cnn_deg: float | None = None
     axis_cnn_confidence: float | None = None
@@ -100,7 +101,10 @@ class TilePipeline:
         threshold: float = 0.5,
         axis_modulus_deg: float = 30.0,
         axis_model: AxisModel | None = None,
+        axis_primary: str = "edges",
     ) -> None:
+        if axis_primary not in ("edges", "cnn"):
+            raise ValueError(f"axis_primary must be 'edges' or 'cnn', got {axis_primary!r}")
         if axis_model is not None and axis_model.modulus != axis_modulus_deg:
             raise ValueError(
                 f"axis model {axis_model.card.name!r} has modulus {axis_model.modulus} deg, "
@@ -111,6 +115,7 @@ class TilePipeline:
         self.threshold = threshold
         self.axis_modulus_deg = axis_modulus_deg
         self.axis_model = axis_model
+        self.axis_primary = axis_primary
         self.wafer_colour: np.ndarray | None = None
 
     def start_chip(self) -> None:
@@ -185,12 +190,13 @@ class TilePipeline:
         for (cand, s), cnn in zip(accepted, cnn_axes, strict=True):
             assert pre.contrast is not None
             edges_angle, edges_conf = self._axis(pre.contrast, cand)
-            if cnn is not None:
-                angle, conf, source = cnn.angle_deg, cnn.confidence, "cnn"
-            elif edges_angle is not None:
-                angle, conf, source = edges_angle, edges_conf, "edges"
-            else:
-                angle, conf, source = None, None, None
+            readings = {
+                "cnn": (cnn.angle_deg, cnn.confidence) if cnn is not None else None,
+                "edges": (edges_angle, edges_conf) if edges_angle is not None else None,
+            }
+            other = "edges" if self.axis_primary == "cnn" else "cnn"
+            source = next((k for k in (self.axis_primary, other) if readings[k]), None)
+            angle, conf = readings[source] if source else (None, None)
             r0, c0, r1, c1 = cand.bbox_px
             x0, y0 = frame.pixel_to_stage(r0 - 0.5, c0 - 0.5)
             x, y = frame.pixel_to_stage(*cand.centroid_px)

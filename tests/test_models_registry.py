@@ -20,6 +20,7 @@ from flakescan.simulators.render import FieldRenderer, ImagingSpec
 
 from .test_inference import PX, frame_at
 
+TILES = [(900, 900), (1500, 1500), (2100, 1200), (1200, 2100)]
 torch = pytest.importorskip("torch", reason="making a test axis model needs torch (train extra)")
 
 
@@ -121,10 +122,9 @@ def test_the_pipeline_records_the_cnn_and_the_edge_axis_of_every_hit(lab_registr
     axis = AxisModel.from_config(ModelsConfig(axis="lab_axis", registry=[lab_registry]))
     chip = generate_chip(ChipSpec(width_um=3000, height_um=3000, thin_flakes_per_mm2=12), 5)
     renderer = FieldRenderer(chip, ImagingSpec(), PX, 0.14, seed=5)
-    pipe = TilePipeline(PreselectionConfig(), classifier, axis_model=axis)
-    hits = []
-    for k, (x, y) in enumerate([(900, 900), (1500, 1500), (2100, 1200), (1200, 2100)]):
-        hits += pipe.process(frame_at(renderer, x, y, k)).hits
+    pipe = TilePipeline(PreselectionConfig(), classifier, axis_model=axis, axis_primary="cnn")
+    frames = [frame_at(renderer, x, y, k) for k, (x, y) in enumerate(TILES)]
+    hits = [h for f in frames for h in pipe.process(f).hits]
     inner = [h for h in hits if not h.touches_border]
     assert inner, "no whole flake in four tiles"
     for h in inner:
@@ -135,6 +135,20 @@ def test_the_pipeline_records_the_cnn_and_the_edge_axis_of_every_hit(lab_registr
         if h.touches_border:  # the CNN never sees a cut crystal: the edges speak for it
             assert h.axis_cnn_deg is None and h.axis_source in ("edges", None)
             assert h.axis_angle_deg == h.axis_edges_deg
+    # The default: the straight edges first, the CNN where they give no answer; both kept.
+    pipe = TilePipeline(PreselectionConfig(), classifier, axis_model=axis)
+    again = [h for f in frames for h in pipe.process(f).hits]
+    assert [h.axis_cnn_deg for h in again] == [h.axis_cnn_deg for h in hits]
+    for h in again:
+        expected = h.axis_edges_deg if h.axis_edges_deg is not None else h.axis_cnn_deg
+        assert h.axis_angle_deg == expected
+        assert h.axis_source == (
+            "edges"
+            if h.axis_edges_deg is not None
+            else "cnn"
+            if h.axis_cnn_deg is not None
+            else None
+        )
     with pytest.raises(ValueError, match="modulus"):
         TilePipeline(PreselectionConfig(), classifier, axis_modulus_deg=60.0, axis_model=axis)
 
