@@ -274,3 +274,193 @@ def test_heldout_chips_must_be_unseen(tiny_sets: tuple[Path, Path], tmp_path: Pa
     argv = ["--data", str(train), "--val-data", str(train), "--out", str(tmp_path / "m.onnx")]
     with pytest.raises(ValueError, match=r"chip seeds \[1, 2\] are in both"):
         train_classifier.main([*argv, "--quiet"])
+
+
+# ----------------------------------------------------------------------------- folders, archs
+
+from flakescan.training.augment import AugmentConfig, augment  # noqa: E402
+from flakescan.training.crop_folder import (  # noqa: E402
+    CropFolderError,
+    crop_to_input,
+    load_crop_folder,
+)
+from flakescan.training.resnet import (  # noqa: E402
+    Classifier,
+    ProjectionHead,
+    resnet50_backbone,
+    save_backbone,
+)
+
+
+def _write_folder(root: Path, n: int = 12, crop_um: float | None = 100.0, side: int = 40) -> Path:
+    """A tiny crop folder: grey wafer, a darker square 'flake' on the positives."""
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        img = np.full((side, side, 3), (180, 150, 120), np.float32)
+        labels = [0, 0, 0, 0]
+        k = i % 4
+        if k < 3:  # classes 1-3: R contrast ~8, 15, 25 %
+            c = (0.08, 0.15, 0.25)[k]
+            img[12:28, 12:28] *= 1 - c
+            labels[k] = labels[3] = 1
+        img += rng.normal(0, 1.0, img.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(
+            root / "images" / f"c{i:03d}.png"
+        )
+        (root / "labels" / f"c{i:03d}.txt").write_text(" ".join(map(str, labels)) + "\n")
+    if crop_um is not None:
+        (root / "dataset.json").write_text(json.dumps({"crop_um": crop_um}))
+    return root
+
+
+def test_crop_input_is_contrast_against_the_crop_median() -> None:
+    img = np.full((40, 40, 3), (200.0, 100.0, 50.0), np.float32)
+    img[10:30, 10:30] *= 0.9  # 10 % darker square covering a quarter of the crop
+    x = crop_to_input(img, 20, smooth_sigma_px=0)
+    assert x.shape == (3, 20, 20) and x.dtype == np.float32
+    np.testing.assert_allclose(x[:, 0, 0], 0.0, atol=1e-6)  # wafer: median -> contrast 0
+    np.testing.assert_allclose(x[:, 10, 10], 0.1, atol=1e-5)  # flake: 1 - 0.9
+
+
+def test_folder_reader_reads_images_labels_and_size(tmp_path: Path) -> None:
+    root = _write_folder(tmp_path / "set")
+    crops = load_crop_folder(root, 32)
+    assert crops.x.shape == (12, 3, 32, 32) and crops.y.shape == (12, 4)
+    assert crops.y[0].tolist() == [1, 0, 0, 1] and crops.y[3].tolist() == [0, 0, 0, 0]
+    assert crops.crop_um == 100.0 and len(crops.sha256) == 64
+    # The class-3 crop's centre carries ~25 % R contrast, the negative's ~0.
+    assert 0.2 < float(crops.x[2, 0, 16, 16]) < 0.3
+    assert abs(float(crops.x[3, 0, 16, 16])) < 0.03
+
+
+def test_folder_reader_names_missing_and_malformed_label_files(tmp_path: Path) -> None:
+    root = _write_folder(tmp_path / "a")
+    (root / "labels" / "c004.txt").unlink()
+    with pytest.raises(CropFolderError, match=r"c004\.png: label file missing.*c004\.txt"):
+        load_crop_folder(root)
+    root = _write_folder(tmp_path / "b")
+    (root / "labels" / "c005.txt").write_text("1 0 2\n")
+    with pytest.raises(CropFolderError, match=r"c005\.txt: malformed label line '1 0 2'"):
+        load_crop_folder(root)
+    root = _write_folder(tmp_path / "c", crop_um=None)
+    with pytest.raises(CropFolderError, match="--crop-um"):
+        load_crop_folder(root)
+
+
+def test_default_augmentation_is_the_shipped_random_stream() -> None:
+    """AugmentConfig() must draw exactly what the shipped model's trainer drew."""
+    x = torch.randn(6, 3, 8, 8)
+    gen_a, gen_b = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    got = augment(x, AugmentConfig(), gen_a)
+    # The original inline implementation, written out.
+    k = torch.randint(0, 4, (6,), generator=gen_b)
+    flip = torch.randint(0, 2, (6,), generator=gen_b).bool()
+    ref = x.clone()
+    for r in range(1, 4):
+        if (k == r).any():
+            ref[k == r] = torch.rot90(ref[k == r], r, dims=(2, 3))
+    ref[flip] = ref[flip].flip(3)
+    ref = ref * (1.0 + (torch.rand(6, 1, 1, 1, generator=gen_b) * 2 - 1) * 0.03)
+    torch.testing.assert_close(got, ref)
+    assert torch.equal(gen_a.get_state(), gen_b.get_state())
+    # Opt-in transforms change the output and keep the shape.
+    extra = AugmentConfig(rotate_deg=10, crop_scale=0.8, channel_jitter=0.05, blur_sigma=1.0)
+    out = augment(x, extra, torch.Generator().manual_seed(3))
+    assert out.shape == x.shape and not torch.allclose(out, got)
+
+
+def test_resnet50_shapes_and_parameter_count() -> None:
+    with torch.device("meta"):  # shapes only: no 23 M random numbers to draw
+        backbone = resnet50_backbone(1.0)
+    n = sum(p.numel() for p in backbone.parameters())
+    assert n == 23_508_032  # torchvision's ResNet-50 without its 1000-class fc layer
+    assert backbone.out_features == 2048
+    small = resnet50_backbone(0.25)
+    assert small.out_features == 512
+    clf = Classifier.for_classes(small, 4).eval()
+    assert clf(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
+    proj = Classifier.for_contrastive(small, 64, 32).eval()
+    assert isinstance(proj.head, ProjectionHead)
+    assert proj(torch.zeros(3, 3, 64, 64)).shape == (3, 32)
+
+
+def test_cnn4_backbone_view_shares_weights_and_names() -> None:
+    model = CNN4().eval()
+    x = torch.randn(2, 3, 64, 64)
+    feats = model.backbone(x)
+    assert feats.shape == (2, 256)
+    torch.testing.assert_close(model.head(feats), model(x))
+    keys = set(model.backbone.state_dict())
+    assert keys == {k for k in model.state_dict() if k.startswith("features.")}
+
+
+def test_frozen_backbone_stays_frozen_and_head_learns() -> None:
+    torch.manual_seed(0)
+    cfg = train_classifier.TrainConfig(epochs=1, batch_size=8, freeze_backbone=True)
+    model = train_classifier.build_model(cfg)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = np.random.default_rng(0).normal(0, 0.05, (16, 3, 32, 32)).astype(np.float32)
+    y = np.tile(
+        np.array([[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 0, 0, 0]], np.uint8), (4, 1)
+    )
+    train_classifier.train(model, x, y, cfg, log=False)
+    after = model.state_dict()
+    for k, v in before.items():
+        if k.startswith("features."):  # weights and BatchNorm statistics
+            assert torch.equal(v, after[k]), k
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_folder_training_exports_onnx_matching_torch_with_dataset_hash(tmp_path: Path) -> None:
+    train_dir = _write_folder(tmp_path / "train", n=16)
+    val_dir = tmp_path / "val"
+    _write_folder(val_dir, n=8)
+    for f in (val_dir / "images").iterdir():  # distinct crop names from the training set
+        f.rename(f.with_name("v" + f.name))
+    for f in (val_dir / "labels").iterdir():
+        f.rename(f.with_name("v" + f.name))
+    out = tmp_path / "m" / "r.onnx"
+    argv = ["--data-dir", str(train_dir), "--val-dir", str(val_dir), "--arch", "resnet50"]
+    argv += ["--width", "0.125", "--input-px", "32", "--epochs", "1", "--batch-size", "8"]
+    argv += ["--threads", "1", "--rotate-deg", "5", "--out", str(out), "--quiet"]
+    assert train_classifier.main(argv) == 0
+    card = load_model_card(out)
+    assert card.input.shape == [None, 3, 32, 32] and card.input.crop_um == 100.0
+    assert card.architecture.startswith("ResNet-50(0.125X)")
+    assert len(card.training["dataset_sha256"]) == 64
+    assert card.training["onnx_opset"] == 17 and "onnxruntime_version" in card.training
+    assert "--arch resnet50" in card.training["command"]
+    assert "--rotate-deg 5.0" in card.training["command"]
+    from flakescan.inference.backends import create_backend
+    from flakescan.inference.classifier import FlakeClassifier
+
+    clf = FlakeClassifier(create_backend(out, "onnxruntime", "cpu"), card)
+    x = load_crop_folder(val_dir, 32).x.astype(np.float32)
+    scores = clf.scores(x)
+    assert scores.shape == (8, 4) and ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_data_dir_needs_a_heldout_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _write_folder(tmp_path / "t", n=4)
+    with pytest.raises(SystemExit) as exc:
+        train_classifier.main(["--data-dir", str(root), "--out", str(tmp_path / "m.onnx")])
+    assert exc.value.code == 2
+    assert "--val-dir" in capsys.readouterr().err
+
+
+def test_backbone_weights_of_another_architecture_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    weights = tmp_path / "bb.pt"
+    save_backbone(CNN4().backbone, weights, arch="cnn4", width=1.0, stem="-")
+    root = _write_folder(tmp_path / "t", n=4)
+    argv = ["--data-dir", str(root), "--val-dir", str(root), "--arch", "resnet50"]
+    argv += ["--backbone-weights", str(weights), "--out", str(tmp_path / "m.onnx")]
+    with pytest.raises(SystemExit) as exc:
+        train_classifier.main(argv)
+    assert exc.value.code == 2
+    assert "--arch cnn4 --width 1" in capsys.readouterr().err

@@ -3,6 +3,12 @@
 The seed found this four-block CNN tied with a contrastively pre-trained ResNet-50 on flake
 classification at a fraction of the compute, so it is the model flakescan ships: about
 0.39 M parameters, fast enough to score every preselected candidate on a CPU.
+
+Like the seed's `Classifier`, the network splits into a backbone (conv blocks + global
+pool -> a 256-vector) and a head, so SimCLR can pre-train the backbone under a projection
+head (`CNN4Backbone` + `resnet.ProjectionHead`) and the classifier can load it back. `CNN4`
+keeps its original parameter names (`features.*`, `head.*`), so the shipped model stays
+reproducible; `CNN4.backbone` is a view on its own modules with the same `features.*` keys.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ from itertools import pairwise
 import torch
 from torch import nn
 
-__all__ = ["CNN4", "count_parameters"]
+__all__ = ["CNN4", "CNN4Backbone", "count_parameters"]
+
+CHANNELS = (32, 64, 128, 256)
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -23,6 +31,35 @@ def _block(c_in: int, c_out: int) -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
     )
+
+
+def _features(channels: tuple[int, ...], in_channels: int) -> nn.Sequential:
+    widths = (in_channels, *channels)
+    return nn.Sequential(*(_block(a, b) for a, b in pairwise(widths)))
+
+
+class CNN4Backbone(nn.Module):
+    """Conv blocks + global average pool: (n, 3, s, s) -> (n, channels[-1]) features.
+
+    Pass `features` to wrap existing blocks (no new weights, no random draws): that is how
+    `CNN4.backbone` shares its weights.
+    """
+
+    def __init__(
+        self,
+        channels: tuple[int, ...] = CHANNELS,
+        in_channels: int = 3,
+        *,
+        features: nn.Sequential | None = None,
+    ) -> None:
+        super().__init__()
+        self.features = features if features is not None else _features(channels, in_channels)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        last = [m for m in self.features.modules() if isinstance(m, nn.Conv2d)][-1]
+        self.out_features = int(last.out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.features(x)).flatten(1)
 
 
 class CNN4(nn.Module):
@@ -36,7 +73,7 @@ class CNN4(nn.Module):
         self,
         num_classes: int = 4,
         dropout: float = 0.3,
-        channels: tuple[int, ...] = (32, 64, 128, 256),
+        channels: tuple[int, ...] = CHANNELS,
         in_channels: int = 3,
     ) -> None:
         super().__init__()
@@ -44,11 +81,16 @@ class CNN4(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-        widths = (in_channels, *channels)
-        self.features = nn.Sequential(*(_block(a, b) for a, b in pairwise(widths)))
+        # Creation order (features, then head) fixes the random initial weights: keep it.
+        self.features = _features(channels, in_channels)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(widths[-1], num_classes)
+        self.head = nn.Linear(channels[-1], num_classes)
+
+    @property
+    def backbone(self) -> CNN4Backbone:
+        """The feature extractor as a module of its own, sharing this network's weights."""
+        return CNN4Backbone(features=self.features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x)).flatten(1)

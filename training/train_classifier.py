@@ -1,4 +1,4 @@
-"""Train the CNN-4 flake classifier on simulated chips and export it as ONNX with its card.
+"""Train the flake classifier (CNN-4 or ResNet-50) and export it as ONNX with its card.
 
 Multi-label targets [class1, class2, class3, any] as in the GrapheneClassifier seed, AdamW
 (lr 3e-4, weight decay 0.2) on BCE-with-logits, rebalanced per class with pos_weight =
@@ -9,17 +9,21 @@ card records the command line that reproduces the file.
 
     python -m flakescan.training.train_classifier --simulate-chips 40 --seed 1 --val-chips 10 \
         --epochs 30 --workers 2 --out inference/models/flake_classifier_cnn4.onnx
+
+Data come from simulated chips (--simulate-chips / --data .npz) or from a lab's folder of
+labelled crops (--data-dir, see `crop_folder`); a SimCLR backbone from `clr` can be loaded
+(--backbone-weights) and frozen for linear evaluation (--freeze-backbone) or fine-tuned.
+Everything added after the shipped model (ResNet, folders, extra augmentations) is opt-in:
+the default command draws the same random numbers and writes the same bytes as before.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,15 +32,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from flakescan.inference.model_card import (
-    ModelCard,
-    ModelInput,
-    ModelOutput,
-    file_sha256,
-    load_model_card,
-)
+from flakescan.inference.model_card import ModelCard, ModelInput, ModelOutput, file_sha256
 
-from .cnn4 import CNN4, count_parameters
+from . import export as _export
+from .augment import AugmentConfig, augment
+from .cnn4 import CNN4
+from .crop_folder import CropFolderError, CropSet, load_crop_folder
 from .flake_dataset import (
     CLASS_NAMES,
     SOURCE_CANDIDATE,
@@ -46,9 +47,11 @@ from .flake_dataset import (
     load_dataset,
     seed_range,
 )
+from .resnet import ARCHS, Classifier, load_backbone_into, read_backbone, resnet50_backbone
 
 __all__ = [
     "TrainConfig",
+    "build_model",
     "evaluate",
     "export_onnx",
     "main",
@@ -61,8 +64,10 @@ __all__ = [
 
 PROG = "python -m flakescan.training.train_classifier"
 REPRESENTATION = "contrast 1 - I/background per channel (R,G,B), linear pixels"
-ONNX_OPSET = 17
-ORT_TOLERANCE = 1e-4
+ONNX_OPSET = _export.ONNX_OPSET
+ORT_TOLERANCE = _export.ORT_TOLERANCE
+
+Crops = FlakeDataset | CropSet
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,30 @@ class TrainConfig:
     # rises, precision of rare classes falls; the square root halves that shift in log-odds.
     pos_weight: str = "sqrt"
     max_pos_weight: float = 20.0
+    # ---- added after the shipped model; the defaults leave its training untouched.
+    arch: str = "cnn4"
+    width: float = 1.0  # channel multiplier: ResNet-50(2X) of the seed is 2.0
+    stem: str = "imagenet"  # ResNet stem: "imagenet" (7x7/2 + pool) or "small" (3x3/1)
+    freeze_backbone: bool = False  # linear evaluation: only the head learns
+    dihedral: bool = True
+    channel_jitter: float = 0.0
+    offset_jitter: float = 0.0
+    rotate_deg: float = 0.0
+    crop_scale: float = 1.0
+    blur_sigma: float = 0.0
+    noise_std: float = 0.0
+
+    def augment_config(self) -> AugmentConfig:
+        return AugmentConfig(
+            dihedral=self.dihedral,
+            jitter=self.jitter,
+            channel_jitter=self.channel_jitter,
+            offset_jitter=self.offset_jitter,
+            rotate_deg=self.rotate_deg,
+            crop_scale=self.crop_scale,
+            blur_sigma=self.blur_sigma,
+            noise_std=self.noise_std,
+        )
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -96,6 +125,11 @@ class TrainConfig:
             raise ValueError(
                 f"pos_weight must be 'ratio', 'sqrt' or 'none', got {self.pos_weight!r}"
             )
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if not self.width > 0:
+            raise ValueError(f"width must be > 0, got {self.width}")
+        self.augment_config()  # range checks of the augmentation settings
 
 
 # --------------------------------------------------------------------------- training
@@ -127,26 +161,23 @@ def pos_weights(y: np.ndarray, mode: str = "sqrt", cap: float = 20.0) -> np.ndar
     raise ValueError(f"pos_weight mode must be 'ratio', 'sqrt' or 'none', got {mode!r}")
 
 
-def augment(x: torch.Tensor, jitter: float, gen: torch.Generator) -> torch.Tensor:
-    """Random 90-degree rotations and flips (labels unchanged) and a contrast-scale jitter.
+def build_model(cfg: TrainConfig, num_classes: int = len(CLASS_NAMES)) -> nn.Module:
+    """The network of `cfg.arch`, freshly initialised from the torch seed as it stands.
 
-    A flake has no preferred orientation on the chip, and flare / white balance scale all
-    contrasts of a frame together; the jitter is kept small so no layer count crosses a bin.
+    Both kinds expose `.backbone` (-> feature vector) and `.head` (-> logits).
     """
-    n = x.shape[0]
-    k = torch.randint(0, 4, (n,), generator=gen)
-    flip = torch.randint(0, 2, (n,), generator=gen).bool()
-    out = x.clone()
-    for r in range(1, 4):
-        idx = k == r
-        if idx.any():
-            out[idx] = torch.rot90(out[idx], r, dims=(2, 3))
-    if flip.any():
-        out[flip] = out[flip].flip(3)
-    if jitter > 0:
-        scale = 1.0 + (torch.rand(n, 1, 1, 1, generator=gen) * 2 - 1) * jitter
-        out = out * scale
-    return out
+    if cfg.arch == "cnn4":
+        channels = tuple(max(1, round(c * cfg.width)) for c in (32, 64, 128, 256))
+        return CNN4(num_classes=num_classes, dropout=cfg.dropout, channels=channels)
+    backbone = resnet50_backbone(cfg.width, cfg.stem)  # type: ignore[arg-type]
+    return Classifier.for_classes(backbone, num_classes, cfg.dropout)
+
+
+def freeze_backbone(model: nn.Module) -> None:
+    """Linear evaluation: backbone weights and BatchNorm statistics stay as loaded."""
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    model.backbone.eval()
 
 
 def train(
@@ -163,7 +194,11 @@ def train(
     yt = torch.from_numpy(np.asarray(y, dtype=np.float32))
     pw = torch.from_numpy(pos_weights(y, cfg.pos_weight, cfg.max_pos_weight).astype(np.float32))
     loss_fn = nn.BCEWithLogitsLoss(pos_weight=pw)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.freeze_backbone:
+        freeze_backbone(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    aug = cfg.augment_config()
     steps_per_epoch = math.ceil(len(xt) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "cosine":
@@ -176,13 +211,15 @@ def train(
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
         model.train()
+        if cfg.freeze_backbone:
+            model.backbone.eval()  # BatchNorm statistics are part of the frozen features
         order = torch.randperm(len(xt), generator=gen)
         running, seen = 0.0, 0
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
             if len(idx) < 2:
                 continue  # BatchNorm needs two samples; at most one is dropped per epoch
-            xb = augment(xt[idx], cfg.jitter, gen)
+            xb = augment(xt[idx], aug, gen)
             opt.zero_grad(set_to_none=True)
             loss = loss_fn(model(xb), yt[idx])
             loss.backward()
@@ -238,10 +275,18 @@ def _preselection_prediction(ds: FlakeDataset) -> np.ndarray:
     return np.concatenate([pred, pred.any(axis=1, keepdims=True)], axis=1)
 
 
-def evaluate(model: nn.Module, ds: FlakeDataset, threshold: float) -> dict:
-    """Held-out metrics of the network, plus the preselection-bins baseline on candidates."""
+def evaluate(model: nn.Module, ds: Crops, threshold: float) -> dict:
+    """Held-out metrics of the network; for simulated chips also the preselection-bins
+    baseline on candidates (a folder of crops has no preselection to compare with)."""
     logits = predict_logits(model, ds.x)
     pred = 1.0 / (1.0 + np.exp(-logits)) >= threshold
+    if isinstance(ds, CropSet):
+        return {
+            "threshold": threshold,
+            "heldout_dir": str(ds.root),
+            "heldout_crops": len(ds),
+            "per_class": per_class_metrics(pred, ds.y),
+        }
     cand = ds.source == SOURCE_CANDIDATE
     return {
         "threshold": threshold,
@@ -259,52 +304,16 @@ def evaluate(model: nn.Module, ds: FlakeDataset, threshold: float) -> dict:
 # --------------------------------------------------------------------------- export
 
 
-def export_onnx(model: nn.Module, path: Path, input_px: int) -> None:
-    """ONNX with a dynamic batch: input "input" [batch, 3, px, px] -> output "logits"."""
-    model.eval()
-    dummy = torch.zeros(1, 3, input_px, input_px)
-    tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
-        # The TorchScript exporter is deprecated in torch 2.9+, but the dynamo exporter needs
-        # onnxscript, which the training extras do not install.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        torch.onnx.export(
-            model,
-            (dummy,),
-            str(tmp),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=ONNX_OPSET,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    tmp.replace(path)
+def export_onnx(model: nn.Module, path: Path, input_px: int) -> dict:
+    """ONNX with a dynamic batch, input "input" [batch, 3, px, px] -> output "logits", via
+    the shared exporter (pinned opset, IR version ONNX Runtime reads); returns its versions."""
+    example = torch.zeros(1, 3, input_px, input_px)
+    return _export.export_onnx(model, Path(path), example, output_name="logits")
 
 
 def verify_onnx(model: nn.Module, path: Path, x: np.ndarray) -> float:
     """Max |ORT - torch| over a batch; raises if above ORT_TOLERANCE or shapes disagree."""
-    import onnx
-    import onnxruntime as ort
-
-    onnx.checker.check_model(onnx.load(str(path)))
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    batch = np.ascontiguousarray(x, dtype=np.float32)
-    (ort_out,) = sess.run(["logits"], {"input": batch})
-    torch_out = predict_logits(model, batch)
-    if ort_out.shape != torch_out.shape:
-        raise RuntimeError(
-            f"ONNX Runtime output shape {ort_out.shape} != PyTorch {torch_out.shape} for {path}"
-        )
-    diff = float(np.max(np.abs(ort_out - torch_out)))
-    if not diff < ORT_TOLERANCE:
-        raise RuntimeError(
-            f"ONNX Runtime and PyTorch disagree on {path}: max abs diff {diff:.3g} "
-            f">= {ORT_TOLERANCE}; the exported model is not the trained one"
-        )
-    return diff
+    return _export.verify_onnx(model, Path(path), x, output_name="logits")
 
 
 # --------------------------------------------------------------------------- CLI
@@ -313,7 +322,8 @@ def verify_onnx(model: nn.Module, path: Path, x: np.ndarray) -> float:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
-        description="Train the CNN-4 flake classifier on simulated chips; export ONNX + card.",
+        description="Train the flake classifier (CNN-4 or ResNet-50); export ONNX + card. "
+        "Arguments can come from a file: @config.txt (one argument per line).",
         fromfile_prefix_chars="@",
     )
     src = p.add_mutually_exclusive_group(required=True)
@@ -321,15 +331,37 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--simulate-chips", type=int, metavar="N", help="generate N chips, seeds S..S+N-1"
     )
+    src.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder of labelled crops: DIR/images/<name>.png + DIR/labels/<name>.txt",
+    )
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-data", type=Path, help="held-out set .npz (disjoint chip seeds)")
     val.add_argument(
         "--val-chips", type=int, metavar="M", help="generate M held-out chips (default 8)"
     )
+    val.add_argument("--val-dir", type=Path, metavar="DIR", help="held-out folder of crops")
     p.add_argument(
         "--val-seed", type=int, default=10_001, help="first held-out chip seed (default 10001)"
     )
+    p.add_argument(
+        "--crop-um",
+        type=float,
+        help="physical side of folder crops in um (default: crop_um of DIR/dataset.json)",
+    )
+    p.add_argument("--input-px", type=int, default=64, help="network input side (default 64)")
     d = TrainConfig()
+    p.add_argument("--arch", choices=ARCHS, default=d.arch, help="network (default cnn4)")
+    p.add_argument("--width", type=float, default=d.width, help="channel multiplier")
+    p.add_argument("--stem", choices=["imagenet", "small"], default=d.stem, help="ResNet stem")
+    p.add_argument("--backbone-weights", type=Path, help="backbone .pt from `flakescan train clr`")
+    p.add_argument(
+        "--freeze-backbone",
+        action="store_true",
+        help="linear evaluation: train only the head on the loaded backbone",
+    )
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
@@ -343,6 +375,18 @@ def _parser() -> argparse.ArgumentParser:
         default=d.pos_weight,
         help="class rebalancing: negatives/positives, its square root (default), or none",
     )
+    aug = p.add_argument_group("extra augmentations (opt-in)")
+    aug.add_argument(
+        "--no-dihedral", action="store_true", help="no random 90-degree rotations / flips"
+    )
+    aug.add_argument("--rotate-deg", type=float, default=0.0, help="small rotations, +-deg")
+    aug.add_argument(
+        "--crop-scale", type=float, default=1.0, help="random crop of side >= this share"
+    )
+    aug.add_argument("--channel-jitter", type=float, default=0.0, help="per-channel scale")
+    aug.add_argument("--offset-jitter", type=float, default=0.0, help="contrast offset")
+    aug.add_argument("--blur-sigma", type=float, default=0.0, help="max Gaussian blur, px")
+    aug.add_argument("--noise-std", type=float, default=0.0, help="additive noise")
     p.add_argument("--threshold", type=float, default=0.5, help="sigmoid threshold")
     p.add_argument(
         "--seed", type=int, default=d.seed, help="torch seed and first training chip seed"
@@ -352,6 +396,24 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="output .onnx; card at <stem>.json")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p
+
+
+# Options added after the shipped model: spelled out in the card's command only when set,
+# so the shipped model's recorded command stays the command that reproduces it.
+_NEW_OPTIONS = {
+    "arch": "cnn4",
+    "width": 1.0,
+    "stem": "imagenet",
+    "input_px": 64,
+    "crop_um": None,
+    "backbone_weights": None,
+    "rotate_deg": 0.0,
+    "crop_scale": 1.0,
+    "channel_jitter": 0.0,
+    "offset_jitter": 0.0,
+    "blur_sigma": 0.0,
+    "noise_std": 0.0,
+}
 
 
 def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
@@ -378,11 +440,37 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error(f"--jitter must be in [0, 0.5), got {a.jitter}")
     if not 0 < a.threshold < 1:
         p.error(f"--threshold must be in (0, 1), got {a.threshold}")
+    if not (a.width > 0 and math.isfinite(a.width)):
+        p.error(f"--width must be a positive number, got {a.width}")
+    if a.input_px < 8:
+        p.error(f"--input-px must be >= 8, got {a.input_px}")
+    if a.crop_um is not None and not a.crop_um > 0:
+        p.error(f"--crop-um must be > 0, got {a.crop_um}")
+    ranges = {
+        "--rotate-deg": (a.rotate_deg, 0, 45),
+        "--crop-scale": (a.crop_scale, 0.2, 1.0),
+        "--channel-jitter": (a.channel_jitter, 0, 0.49),
+        "--offset-jitter": (a.offset_jitter, 0, 0.2),
+        "--blur-sigma": (a.blur_sigma, 0, 5),
+        "--noise-std": (a.noise_std, 0, 0.2),
+    }
+    for name, (value, lo, hi) in ranges.items():
+        if not lo <= value <= hi:
+            p.error(f"{name} must be in [{lo}, {hi}], got {value}")
     if a.out.suffix != ".onnx":
         p.error(f"--out must end in .onnx, got {str(a.out)!r}")
-    for name, path in (("--data", a.data), ("--val-data", a.val_data)):
+    for name, path in (
+        ("--data", a.data),
+        ("--val-data", a.val_data),
+        ("--backbone-weights", a.backbone_weights),
+    ):
         if path is not None and not path.is_file():
             p.error(f"{name} file not found: {path}")
+    for name, path in (("--data-dir", a.data_dir), ("--val-dir", a.val_dir)):
+        if path is not None and not path.is_dir():
+            p.error(f"{name} folder not found: {path}")
+    if a.freeze_backbone and a.backbone_weights is None:
+        p.error("--freeze-backbone needs --backbone-weights (a frozen random backbone)")
 
 
 def _canonical_command(a: argparse.Namespace) -> str:
@@ -390,12 +478,24 @@ def _canonical_command(a: argparse.Namespace) -> str:
     parts: list[str] = []
     if a.data is not None:
         parts += ["--data", str(a.data)]
+    elif a.data_dir is not None:
+        parts += ["--data-dir", str(a.data_dir)]
     else:
         parts += ["--simulate-chips", str(a.simulate_chips)]
     if a.val_data is not None:
         parts += ["--val-data", str(a.val_data)]
+    elif a.val_dir is not None:
+        parts += ["--val-dir", str(a.val_dir)]
     else:
         parts += ["--val-chips", str(a.val_chips), "--val-seed", str(a.val_seed)]
+    for opt, default in _NEW_OPTIONS.items():
+        value = getattr(a, opt)
+        if value != default:
+            parts += ["--" + opt.replace("_", "-"), str(value)]
+    if a.freeze_backbone:
+        parts.append("--freeze-backbone")
+    if a.no_dihedral:
+        parts.append("--no-dihedral")
     for opt in (
         "epochs", "batch_size", "lr", "weight_decay", "dropout", "jitter", "schedule", "pos_weight",
         "threshold", "seed", "threads", "workers",
@@ -405,48 +505,107 @@ def _canonical_command(a: argparse.Namespace) -> str:
     return f"{PROG} {shlex.join(parts)}"
 
 
-def _load_or_generate(a: argparse.Namespace) -> tuple[FlakeDataset, FlakeDataset]:
+def _geometry(ds: Crops) -> tuple[int, float]:
+    """(input_px, crop_um) of a data set, whatever its source."""
+    if isinstance(ds, CropSet):
+        return ds.input_px, ds.crop_um
+    return ds.spec.input_px, ds.spec.crop_um
+
+
+def _load_or_generate(a: argparse.Namespace) -> tuple[Crops, Crops]:
     progress = not a.quiet
+    train_ds: Crops
+    val_ds: Crops
     if a.data is not None:
         train_ds = load_dataset(a.data)
+    elif a.data_dir is not None:
+        train_ds = load_crop_folder(a.data_dir, a.input_px, crop_um=a.crop_um)
     else:
         train_ds = generate_dataset(
             seed_range(a.seed, a.simulate_chips),
-            DatasetSpec(),
+            DatasetSpec() if a.input_px == 64 else DatasetSpec(input_px=a.input_px),
             workers=a.workers,
             progress=progress,
             description="training chips",
         )
+    input_px, crop_um = _geometry(train_ds)
     if a.val_data is not None:
         val_ds = load_dataset(a.val_data)
+    elif a.val_dir is not None:
+        val_ds = load_crop_folder(a.val_dir, input_px, crop_um=a.crop_um)
     else:
+        spec = (
+            train_ds.spec
+            if isinstance(train_ds, FlakeDataset)
+            else DatasetSpec(crop_um=crop_um, input_px=input_px)
+        )
         val_ds = generate_dataset(
             seed_range(a.val_seed, a.val_chips),
-            train_ds.spec,
+            spec,
             workers=a.workers,
             progress=progress,
             description="held-out chips",
         )
-    overlap = sorted(set(train_ds.seeds) & set(val_ds.seeds))
-    if overlap:
-        raise ValueError(
-            f"held-out chips must be unseen in training, but chip seeds {overlap[:10]} are in "
-            "both; change --val-seed (or --seed)"
-        )
-    for attr in ("crop_um", "input_px", "pixel_size_um"):
-        if getattr(train_ds.spec, attr) != getattr(val_ds.spec, attr):
+    if isinstance(train_ds, FlakeDataset) and isinstance(val_ds, FlakeDataset):
+        overlap = sorted(set(train_ds.seeds) & set(val_ds.seeds))
+        if overlap:
             raise ValueError(
-                f"training and held-out crops differ in {attr}: "
-                f"{getattr(train_ds.spec, attr)} vs {getattr(val_ds.spec, attr)}"
+                f"held-out chips must be unseen in training, but chip seeds {overlap[:10]} are "
+                "in both; change --val-seed (or --seed)"
             )
+        if train_ds.spec.pixel_size_um != val_ds.spec.pixel_size_um:
+            raise ValueError(
+                "training and held-out crops differ in pixel_size_um: "
+                f"{train_ds.spec.pixel_size_um} vs {val_ds.spec.pixel_size_um}"
+            )
+    if isinstance(train_ds, CropSet) and isinstance(val_ds, CropSet):
+        shared = sorted(set(train_ds.names) & set(val_ds.names))
+        if shared:
+            raise ValueError(
+                f"held-out crops must be unseen in training, but {len(shared)} crop names are "
+                f"in both {train_ds.root} and {val_ds.root} (e.g. {shared[0]!r})"
+            )
+    for attr, t, v in zip(
+        ("input_px", "crop_um"), _geometry(train_ds), _geometry(val_ds), strict=True
+    ):
+        if t != v:
+            raise ValueError(f"training and held-out crops differ in {attr}: {t} vs {v}")
     if len(val_ds) == 0:
-        raise ValueError(f"held-out set from chips {val_ds.seeds} has no crops")
+        raise ValueError("held-out set has no crops")
     return train_ds, val_ds
 
 
+def _data_record(train_ds: Crops, val_ds: Crops) -> dict:
+    """What the card says about the data: chip seeds for simulated sets, folder + hash else."""
+    out: dict = {}
+    for role, ds in (("train", train_ds), ("heldout", val_ds)):
+        if isinstance(ds, CropSet):
+            out[f"{role}_dir"] = str(ds.root)
+            out[f"{role}_dataset_sha256"] = ds.sha256
+            out[f"{role}_background"] = "per-channel median of each crop"
+        else:
+            out[f"{role}_chip_seeds"] = list(ds.seeds)
+        out[f"{role}_crops"] = ds.counts()
+    if isinstance(train_ds, CropSet):
+        out["dataset_sha256"] = train_ds.sha256
+    if isinstance(train_ds, FlakeDataset):
+        out["dataset_spec"] = train_ds.spec.to_dict()
+    return out
+
+
+def _architecture(cfg: TrainConfig) -> str:
+    if cfg.arch == "cnn4":
+        if cfg.width == 1.0:
+            return "CNN-4 (conv3x3-BN-ReLU-maxpool x4: 32/64/128/256, GAP, dropout, linear)"
+        return f"CNN-4 width {cfg.width:g} (conv3x3-BN-ReLU-maxpool x4, GAP, dropout, linear)"
+    return (
+        f"ResNet-50({cfg.width:g}X) (bottleneck 3-4-6-3, BN, {cfg.stem} stem, GAP, dropout, linear)"
+    )
+
+
 def train_and_export(
-    train_ds: FlakeDataset,
-    val_ds: FlakeDataset,
+    train_ds: Crops,
+    val_ds: Crops,
     cfg: TrainConfig,
     out: Path,
     *,
@@ -454,75 +613,93 @@ def train_and_export(
     provenance: dict | None = None,
     started: float | None = None,
     log: bool = True,
-) -> tuple[CNN4, ModelCard]:
-    """Train CNN-4, score the held-out set, export + verify the ONNX file, write its card.
+    backbone_weights: Path | None = None,
+) -> tuple[nn.Module, ModelCard]:
+    """Train, score the held-out set, export + verify the ONNX file, write its card.
 
     `provenance` (command line, threads, ...) goes into the card's training section as is.
+    `backbone_weights` (from `clr`) initialise the backbone; `cfg.freeze_backbone` keeps them.
     """
     started = time.perf_counter() if started is None else started
-    spec = train_ds.spec
+    input_px, crop_um = _geometry(train_ds)
     pw = pos_weights(train_ds.y, cfg.pos_weight, cfg.max_pos_weight)  # fail before training
     torch.manual_seed(cfg.seed)  # initial weights do not depend on how the data was obtained
-    model = CNN4(num_classes=len(CLASS_NAMES), dropout=cfg.dropout)
+    model = build_model(cfg)
+    pretrained: dict = {}
+    if backbone_weights is not None:
+        blob = read_backbone(backbone_weights)
+        load_backbone_into(model.backbone, blob, arch=cfg.arch, width=cfg.width)
+        pretrained = {
+            "backbone_weights": str(backbone_weights),
+            "backbone_weights_sha256": file_sha256(Path(backbone_weights)),
+            "backbone_pretraining": blob.get("extra", {}),
+        }
     t_train = time.perf_counter()
     history = train(model, train_ds.x, train_ds.y, cfg, log=log)
     train_s = time.perf_counter() - t_train
     metrics = evaluate(model, val_ds, threshold)
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, out, spec.input_px)
-    max_diff = verify_onnx(model, out, val_ds.x[:64])
+    versions = export_onnx(model, out, input_px)
+    max_diff = verify_onnx(model, out, np.asarray(val_ds.x[:64], np.float32))
     metrics["onnxruntime_vs_torch_max_abs_diff"] = float(f"{max_diff:.3g}")
 
     card = ModelCard(
         name=out.stem,
         task="flake-classifier",
-        architecture="CNN-4 (conv3x3-BN-ReLU-maxpool x4: 32/64/128/256, GAP, dropout, linear)",
-        parameters=count_parameters(model),
+        architecture=_architecture(cfg),
+        parameters=sum(p.numel() for p in model.parameters()),
         input=ModelInput(
             name="input",
-            shape=[None, 3, spec.input_px, spec.input_px],
+            shape=[None, 3, input_px, input_px],
             representation=REPRESENTATION,
-            crop_um=spec.crop_um,
+            crop_um=crop_um,
         ),
         output=ModelOutput(name="logits", classes=list(CLASS_NAMES), activation="sigmoid"),
         threshold=threshold,
         training={
             **(provenance or {}),
-            "train_chip_seeds": list(train_ds.seeds),
-            "heldout_chip_seeds": list(val_ds.seeds),
-            "train_crops": train_ds.counts(),
-            "heldout_crops": val_ds.counts(),
+            **_data_record(train_ds, val_ds),
+            **pretrained,
             "config": asdict(cfg),
             "pos_weight": [round(float(w), 4) for w in pw],
             "loss_per_epoch": [round(v, 5) for v in history],
             "train_seconds": round(train_s, 1),
             "wall_seconds": round(time.perf_counter() - started, 1),
-            "torch_version": torch.__version__,
-            "onnx_opset": ONNX_OPSET,
-            "dataset_spec": spec.to_dict(),
+            **versions,
         },
         metrics=metrics,
         onnx_sha256=file_sha256(out),
     )
-    card_path = out.with_suffix(".json")
-    tmp = card_path.with_name(card_path.name + ".tmp")
-    tmp.write_text(json.dumps(card.model_dump(mode="json"), indent=1) + "\n")
-    tmp.replace(card_path)
     # The file and its card must agree before we report success; return the card as stored.
-    return model, load_model_card(out)
+    return model, _export.write_card(card, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Train, evaluate on held-out chips, export ONNX, verify in ORT, write the card."""
+    """Train, evaluate on held-out data, export ONNX, verify in ORT, write the card."""
     p = _parser()
     a = p.parse_args(argv)
-    if a.val_data is None and a.val_chips is None:
+    if a.val_data is None and a.val_chips is None and a.val_dir is None:
+        if a.data_dir is not None:
+            p.error("--data-dir needs a held-out set: --val-dir DIR (or --val-chips M)")
         a.val_chips = 8
     _validate(p, a)
+    if a.backbone_weights is not None:  # fail before spending minutes on data
+        try:
+            blob = read_backbone(a.backbone_weights)
+        except ValueError as exc:
+            p.error(f"--backbone-weights: {exc}")
+        if blob["arch"] != a.arch or abs(blob["width"] - a.width) > 1e-9:
+            p.error(
+                f"--backbone-weights {a.backbone_weights} holds a {blob['arch']} width "
+                f"{blob['width']:g} backbone; pass --arch {blob['arch']} --width {blob['width']:g}"
+            )
     started = time.perf_counter()
     _seed_everything(a.seed, a.threads)
-    train_ds, val_ds = _load_or_generate(a)
+    try:
+        train_ds, val_ds = _load_or_generate(a)
+    except CropFolderError as exc:
+        p.error(str(exc))
     if not a.quiet:
         print(f"training crops {train_ds.counts()}")
         print(f"held-out crops {val_ds.counts()}")
@@ -536,6 +713,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         schedule=a.schedule,
         pos_weight=a.pos_weight,
         seed=a.seed,
+        arch=a.arch,
+        width=a.width,
+        stem=a.stem,
+        freeze_backbone=a.freeze_backbone,
+        dihedral=not a.no_dihedral,
+        channel_jitter=a.channel_jitter,
+        offset_jitter=a.offset_jitter,
+        rotate_deg=a.rotate_deg,
+        crop_scale=a.crop_scale,
+        blur_sigma=a.blur_sigma,
+        noise_std=a.noise_std,
     )
     provenance = {
         "command": _canonical_command(a),
@@ -551,6 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         provenance=provenance,
         started=started,
         log=not a.quiet,
+        backbone_weights=a.backbone_weights,
     )
     if not a.quiet:
         m = card.metrics["per_class"]["any"]
