@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .backends import InferenceBackend, create_backend
+from .backends import InferenceBackend
 from .config import ModelsConfig
 from .model_card import ModelCard
-from .registry import ModelRegistry
+from .registry import open_model
 
 __all__ = [
     "AXIS_TASK",
@@ -161,8 +161,7 @@ class AxisModel:
     def from_path(cls, path: Path, cfg: ModelsConfig | None = None, views: int = 8) -> AxisModel:
         """A model file (with its card) on the backend `cfg` names (default: the CPU)."""
         cfg = cfg or ModelsConfig(backend="onnxruntime")
-        entry = ModelRegistry(cfg.registry).resolve(Path(path), AXIS_TASK)
-        backend = create_backend(entry.path, cfg.backend, cfg.device, cfg.intra_op_threads)
+        entry, backend = open_model(cfg, Path(path), AXIS_TASK)
         return cls(backend, entry.card, views)
 
     @classmethod
@@ -170,14 +169,7 @@ class AxisModel:
         """The configured axis model, or None when the config names none."""
         if cfg.axis is None:
             return None
-        entry = ModelRegistry(cfg.registry).resolve(cfg.axis, AXIS_TASK)
-        backend = create_backend(
-            entry.path,
-            cfg.backend,
-            cfg.device,
-            cfg.intra_op_threads,
-            cfg.engine_cache or engine_cache,
-        )
+        entry, backend = open_model(cfg, cfg.axis, AXIS_TASK, engine_cache)
         return cls(backend, entry.card, cfg.axis_views)
 
     @property

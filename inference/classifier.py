@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 from scipy.special import expit
 
-from .backends import InferenceBackend, create_backend
+from .backends import InferenceBackend
 from .config import ModelsConfig
 from .model_card import ModelCard
-from .registry import ModelRegistry
+from .registry import open_model
 
 __all__ = ["FlakeClassifier"]
 
@@ -36,14 +36,7 @@ class FlakeClassifier:
 
     @classmethod
     def from_config(cls, cfg: ModelsConfig, engine_cache: Path | None = None) -> FlakeClassifier:
-        entry = ModelRegistry(cfg.registry).resolve(cfg.classifier, "flake-classifier")
-        backend = create_backend(
-            entry.path,
-            cfg.backend,
-            cfg.device,
-            cfg.intra_op_threads,
-            cfg.engine_cache or engine_cache,
-        )
+        entry, backend = open_model(cfg, cfg.classifier, "flake-classifier", engine_cache)
         return cls(backend, entry.card, cfg.batch_size)
 
     @property

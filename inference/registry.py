@@ -9,10 +9,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from .backends import InferenceBackend, create_backend
 from .model_card import ModelCard, load_model_card
 
-__all__ = ["SHIPPED_MODELS_DIR", "ModelEntry", "ModelNotFound", "ModelRegistry", "is_model_path"]
+if TYPE_CHECKING:
+    from .config import ModelsConfig
+
+__all__ = [
+    "SHIPPED_MODELS_DIR",
+    "ModelEntry",
+    "ModelNotFound",
+    "ModelRegistry",
+    "is_model_path",
+    "open_model",
+]
 
 SHIPPED_MODELS_DIR = Path(__file__).parent / "models"
 
@@ -92,3 +104,14 @@ class ModelRegistry:
         if card.task != task:
             raise ValueError(f"model {str(value)!r} is a {card.task!r} model, not a {task!r}")
         return ModelEntry(path.stem, path, card)
+
+
+def open_model(
+    cfg: ModelsConfig, value: str | Path, task: str, engine_cache: Path | None = None
+) -> tuple[ModelEntry, InferenceBackend]:
+    """A configured model, found by name or path, on the backend `[models]` asks for."""
+    entry = ModelRegistry(cfg.registry).resolve(value, task)
+    backend = create_backend(
+        entry.path, cfg.backend, cfg.device, cfg.intra_op_threads, cfg.engine_cache or engine_cache
+    )
+    return entry, backend
