@@ -455,20 +455,39 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Commands whose arguments belong to another program (a trainer, an evaluator).
-_PASS_THROUGH = {"train": "train_args", "test": "test_args", "evaluate-model": "eval_args"}
+# Commands whose arguments belong to another program (a trainer, an evaluator), and how
+# many words (the command, its model) flakescan itself reads before handing over the rest.
+_PASS_THROUGH = {
+    "train": ("train_args", 2),
+    "test": ("test_args", 2),
+    "evaluate-model": ("eval_args", 1),
+}
+_TOP_LEVEL_VALUE_OPTIONS = {"--log-level"}
+
+
+def _split_pass_through(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """(words for flakescan's parser, the pass-through command or None, words for it).
+
+    argparse's REMAINDER cannot start with an option ("evaluate-model --classifier M"), and
+    parse_known_args would reorder the words, so the hand-over is cut out by position.
+    """
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _PASS_THROUGH:
+            n = _PASS_THROUGH[word][1]
+            return argv[: i + n], word, argv[i + n :]
+        if not word.startswith("-"):
+            break  # another command
+        i += 2 if word in _TOP_LEVEL_VALUE_OPTIONS else 1
+    return argv, None, []
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        # argparse's REMAINDER cannot take an option as its first word ("evaluate-model
-        # --classifier ..."): hand what it left to the program the command runs.
-        if args.command not in _PASS_THROUGH:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        dest = _PASS_THROUGH[args.command]
-        setattr(args, dest, [*getattr(args, dest), *extra])
+    head, command, rest = _split_pass_through(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(head)
+    if command is not None:
+        setattr(args, _PASS_THROUGH[command][0], rest)
     logging.basicConfig(
         level=args.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

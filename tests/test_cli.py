@@ -84,3 +84,44 @@ def test_sim_truth_writes_the_ground_truth(tmp_path, capsys):
     assert main(["sim-truth", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["seed"] == 1 and any(o["kind"] == "flake" for o in data["objects"])
+
+
+def test_training_and_evaluation_commands_hand_their_options_over_in_order(tmp_path, capsys):
+    # The first word after the command is an option: argparse's REMAINDER alone refuses it.
+    model = str(tmp_path / "nope.onnx")
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "evaluate-model",
+                "--classifier",
+                model,
+                "--classifier-data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "report"),
+            ]
+        )
+    assert exc.value.code == 2
+    assert f"--classifier: model file not found: {model}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(
+            [
+                "--log-level",
+                "WARNING",
+                "train",
+                "classifier",
+                "--epochs",
+                "0",
+                "--simulate-chips",
+                "1",
+                "--val-chips",
+                "1",
+                "--out",
+                str(tmp_path / "m.onnx"),
+            ]
+        )
+    assert exc.value.code == 2
+    assert "--epochs must be >= 1, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["query", "--bogus"])
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
