@@ -45,7 +45,7 @@ class ChipSpec(BaseModel):
     max_terrace_cuts: int = Field(5, ge=0, le=8)
     # Thickness of thick crystals, log-uniform (nm).
     bulk_thickness_nm: tuple[float, float] = (8.0, 250.0)
-    facet_scatter_deg: float = Field(5.0, ge=0, le=15)
+    facet_scatter_deg: float = Field(2.0, ge=0, le=15)
     torn_fraction: float = Field(0.25, ge=0, le=1)
     # Thin-flake size: equivalent diameter lognormal around this median (um).
     thin_median_diameter_um: float = Field(16.0, gt=0)
