@@ -10,10 +10,13 @@ The daemon divides by the wafer background fitted on the whole tile; a stored cr
 tile around it. The default background is the crop's own per-channel median, which is the
 wafer as long as bare wafer covers more than half of the crop (true for crops cut round a
 flake at the daemon's 100 um size); it cannot be right for a crop that is mostly flake.
-The daemon's quadratic wafer fit (`inference.background.estimate_background`) was tried on
-crops and rejected: on a 175-px crop its surface bends into the flakes (on simulated
-crops the 90th-percentile R contrast of positive crops fell from 5 % with the median to
-0.7 % with the fit), i.e. it erased the very signal the classes are defined by.
+The daemon's quadratic wafer fit (`inference.background.estimate_background`) unanchored
+bends into the flakes of a 175-px crop (90th-percentile R contrast of positive simulated
+crops: 5 % with the median, 0.7 % with the fit). Anchored on the crop's border colour
+(`inference.crops.crop_contrast`) it does better than the median for the shipped CNN-4
+("any" F1 0.847 vs 0.718 on a held-out simulated folder, docs/evaluate-model.md), because a
+median leaves the field's illumination fall-off in the contrast. Which transform trains
+the better model from a folder is not measured yet; the median stays the default here.
 
 Pixels must be linear in light (raw camera values, no gamma): contrast from sRGB-encoded
 JPEGs is biased.
