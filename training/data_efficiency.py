@@ -248,6 +248,7 @@ def markdown_table(result: dict) -> str:
 def plot(result: dict, path: Path) -> None:
     """Harmonic-mean F1 against labelled crops per method (the seed's right-hand panel)."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -266,6 +267,9 @@ def plot(result: dict, path: Path) -> None:
         }[m]
         ax.errorbar(x, y, yerr=err, marker=marker, capsize=3, label=label)
     ax.set_xscale("log")
+    crops = sorted({r["crops"] for r in summary})
+    ax.set_xticks(crops, [str(c) for c in crops])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("labelled training crops")
     ax.set_ylabel("harmonic mean of F1 (4 classes)")
     ax.set_title(
