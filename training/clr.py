@@ -30,8 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from .augment import AugmentConfig, augment, clr_config
+from .cli_checks import require_at_least
 from .crop_folder import CropFolderError, load_crop_folder
 from .resnet import ARCHS, Classifier, build_backbone, save_backbone
+from .schedules import cosine_schedule
 
 __all__ = ["ClrConfig", "main", "nt_xent", "pretrain"]
 
@@ -110,9 +112,7 @@ def pretrain(
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     batch = min(cfg.batch_size, len(xt))
     steps = cfg.epochs * max(len(xt) // batch, 1)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))
-    )
+    sched = cosine_schedule(opt, steps)
     history: list[float] = []
     for epoch in range(cfg.epochs):
         t0 = time.perf_counter()
@@ -230,10 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Pre-train, then write clr_full.pt, clr_backbone.pt and clr.json to --out-dir."""
     p = _parser()
     a = p.parse_args(argv)
-    for name in ("simulate_chips", "epochs", "threads", "proj_hidden", "proj_dim"):
-        value = getattr(a, name)
-        if value is not None and value < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    require_at_least(p, a, 1, "simulate_chips", "epochs", "threads", "proj_hidden", "proj_dim")
     if a.batch_size < 2:
         p.error(f"--batch-size must be >= 2, got {a.batch_size}")
     if not (a.temperature > 0 and math.isfinite(a.temperature)):

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cli_checks import require_at_least
 from .clr import ClrConfig, pretrain
 from .crop_folder import CropSet, load_crop_folder
 from .flake_dataset import CLASS_NAMES
@@ -332,7 +333,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     p = _parser()
     a = p.parse_args(argv)
-    for name in (
+    require_at_least(
+        p,
+        a,
+        1,
         "train_chips",
         "test_chips",
         "repeats",
@@ -341,11 +345,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batch_size",
         "clr_epochs",
         "threads",
-    ):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    if a.unlabelled_chips < 0:
-        p.error(f"--unlabelled-chips must be >= 0, got {a.unlabelled_chips}")
+    )
+    require_at_least(p, a, 0, "unlabelled_chips")
     if a.clr_batch < 2 or a.batch_size < 2:
         p.error("--clr-batch and --batch-size must be >= 2")
     bad = [f for f in a.fractions if not 0 < f <= 1]

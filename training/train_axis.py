@@ -58,6 +58,7 @@ from .axis_data import (
     split_by_basename,
 )
 from .axis_models import MODEL_CHOICES, build_model, describe
+from .cli_checks import require_at_least
 from .export import dataset_sha256, export_onnx, verify_onnx, write_card
 from .test_axis import error_stats, evaluate_test_set
 
@@ -311,15 +312,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict:
-    positive = {
-        "--epochs": a.epochs,
-        "--batch-size": a.batch_size,
-        "--threads": a.threads,
-        "--crops-per-crystal": a.crops_per_crystal,
-    }
-    for name, v in positive.items():
-        if v < 1:
-            p.error(f"{name} must be >= 1, got {v}")
+    require_at_least(p, a, 1, "epochs", "batch_size", "threads", "crops_per_crystal")
     if a.batch_size < 2:
         p.error(f"--batch-size must be >= 2 (BatchNorm), got {a.batch_size}")
     if not 16 <= a.input_px <= 1024:

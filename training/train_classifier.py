@@ -36,6 +36,7 @@ from flakescan.inference.model_card import ModelCard, ModelInput, ModelOutput, f
 
 from . import export as _export
 from .augment import AugmentConfig, augment
+from .cli_checks import require_at_least
 from .cnn4 import CNN4
 from .crop_folder import CropFolderError, CropSet, load_crop_folder
 from .flake_dataset import (
@@ -48,6 +49,7 @@ from .flake_dataset import (
     seed_range,
 )
 from .resnet import ARCHS, Classifier, load_backbone_into, read_backbone, resnet50_backbone
+from .schedules import cosine_schedule
 
 __all__ = [
     "TrainConfig",
@@ -202,9 +204,7 @@ def train(
     steps_per_epoch = math.ceil(len(xt) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-        )
+        sched = cosine_schedule(opt, total)
     else:  # "constant", as the seed trained
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     history: list[float] = []
@@ -417,17 +417,9 @@ _NEW_OPTIONS = {
 
 
 def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
-    positive = {
-        "--simulate-chips": a.simulate_chips,
-        "--val-chips": a.val_chips,
-        "--epochs": a.epochs,
-        "--batch-size": a.batch_size,
-        "--threads": a.threads,
-        "--workers": a.workers,
-    }
-    for name, value in positive.items():
-        if value is not None and value < 1:
-            p.error(f"{name} must be >= 1, got {value}")
+    require_at_least(
+        p, a, 1, "simulate_chips", "val_chips", "epochs", "batch_size", "threads", "workers"
+    )
     if a.batch_size < 2:
         p.error(f"--batch-size must be >= 2 (BatchNorm), got {a.batch_size}")
     if not (a.lr > 0 and math.isfinite(a.lr)):
