@@ -24,6 +24,7 @@ from .config import FaultSpec, ImagingSpec, StageSpec
 from .render import FieldRenderer
 
 __all__ = [
+    "ExposureCamera",
     "SimCamera",
     "SimFocusStage",
     "SimWorld",
@@ -191,21 +192,13 @@ class SimFocusStage(StageDevice):
         raise NotImplementedError("the simulated focus keeps absolute coordinates")
 
 
-class SimCamera(SimpleCameraDevice):
-    """Colour camera (RGB, 8 to 16 bits, linear unless configured otherwise) that renders
-    the chip under the objective."""
+class ExposureCamera(SimpleCameraDevice):
+    """A simulated camera's exposure: settable, positive, in ms (shared by every camera
+    simulated here; what the exposure does to a frame is the subclass's business)."""
 
-    def __init__(self, world: SimWorld) -> None:
+    def __init__(self, exposure_ms: float) -> None:
         super().__init__()
-        self._world = world
-        self._exposure_ms = world.imaging.exposure_ms
-
-    def sensor_shape(self) -> tuple[int, int, int]:
-        im = self._world.imaging
-        return (im.height_px, im.width_px, 3)
-
-    def dtype(self) -> type:
-        return np.uint8 if self._world.imaging.bit_depth == 8 else np.uint16
+        self._exposure_ms = float(exposure_ms)
 
     def get_exposure(self) -> float:
         return self._exposure_ms
@@ -214,6 +207,22 @@ class SimCamera(SimpleCameraDevice):
         if exposure <= 0:
             raise ValueError(f"exposure must be positive, got {exposure} ms")
         self._exposure_ms = float(exposure)
+
+
+class SimCamera(ExposureCamera):
+    """Colour camera (RGB, 8 to 16 bits, linear unless configured otherwise) that renders
+    the chip under the objective."""
+
+    def __init__(self, world: SimWorld) -> None:
+        super().__init__(world.imaging.exposure_ms)
+        self._world = world
+
+    def sensor_shape(self) -> tuple[int, int, int]:
+        im = self._world.imaging
+        return (im.height_px, im.width_px, 3)
+
+    def dtype(self) -> type:
+        return np.uint8 if self._world.imaging.bit_depth == 8 else np.uint16
 
     def snap(self, buffer: np.ndarray) -> Mapping:
         w = self._world

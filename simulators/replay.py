@@ -11,37 +11,27 @@ import time
 from collections.abc import Mapping
 
 import numpy as np
-from pymmcore_plus.experimental.unicore import SimpleCameraDevice
 
-from .devices import StageState
+from .devices import ExposureCamera, StageState
 from .mosaic import Mosaic
 
 __all__ = ["ReplayCamera"]
 
 
-class ReplayCamera(SimpleCameraDevice):
+class ReplayCamera(ExposureCamera):
     """Colour camera whose frames are crops of a mosaic at the stage position."""
 
     def __init__(self, state: StageState, mosaic: Mosaic, width_px: int, height_px: int) -> None:
-        super().__init__()
+        super().__init__(exposure_ms=10.0)
         self._state = state
         self._mosaic = mosaic
         self._shape = (height_px, width_px, 3)
-        self._exposure_ms = 10.0
 
     def sensor_shape(self) -> tuple[int, int, int]:
         return self._shape
 
     def dtype(self) -> type:
         return self._mosaic.image.dtype.type
-
-    def get_exposure(self) -> float:
-        return self._exposure_ms
-
-    def set_exposure(self, exposure: float) -> None:
-        if exposure <= 0:
-            raise ValueError(f"exposure must be positive, got {exposure} ms")
-        self._exposure_ms = float(exposure)
 
     def snap(self, buffer: np.ndarray) -> Mapping:
         n = self._state.next_frame()
