@@ -410,6 +410,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", type=Path, required=True, help="output folder")
     sp.add_argument("--chips", type=int, default=1, help="sets: how many chips")
     sp.add_argument("--test-chips", type=int, default=0, help="axis-set: chips for test/")
+    sp.add_argument(
+        "--label",
+        default="edges",
+        choices=["edges", "lattice"],
+        help="axis-set: label with what the straight edges agree on, or the lattice axis",
+    )
+    sp.add_argument("--no-terraces", action="store_true", help="axis-set: whole crystals only")
     sp.add_argument("--size-um", type=float, nargs=2, metavar=("W", "H"), help="chip size")
     sp.add_argument("--pixel-size", type=float, help="um/px (default: the objective's)")
     sp.add_argument("--vary", action="store_true", help="draw each chip's imaging conditions")

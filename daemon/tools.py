@@ -74,6 +74,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             pixel_size_um=px,
             numerical_aperture=na,
             vary=args.vary,
+            label=args.label,
+            terraces=not args.no_terraces,
         )
     print(f"wrote {args.what} to {args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
@@ -209,7 +211,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if result["axis_mae_deg"] is not None:
         console.print(
             f"axis angle (mod 30 deg): mean absolute error {result['axis_mae_deg']:.2f} deg "
-            f"over {result['axis_n']} flakes"
+            f"over {result['axis_n']} flakes against the lattice"
+            + (
+                f", {result['axis_edges_mae_deg']:.2f} deg against what their straight edges "
+                f"agree on ({result['axis_edges_n']} flakes)"
+                if result["axis_edges_mae_deg"] is not None
+                else ""
+            )
         )
     return 0
 

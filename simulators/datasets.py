@@ -10,7 +10,10 @@ simulated chips, on real images, or on both:
   by different windows, 256 x 256) with `train/angles.csv` rows `basename,axis_angle,count`;
   and `test/images/<base>.tif` with `test/annotations/<base>-edges.csv`, whose first line
   is the true orientation. Angles are degrees mod 30 from the image's +x (columns) towards
-  +y (rows).
+  +y (rows). The label is, by default, what the crystal's straight edges agree on
+  (`shapes.edge_consensus_deg`), as the seed's people labelled it; `label="lattice"` gives
+  the lattice axis the simulator drew, which the facets scatter about. `truth.csv` beside
+  each split keeps both, with the object's kind, layers and area.
 
 Every set carries `dataset.json`: seeds, specs, counts, conventions. Every crop is
 reproducible from the chip seeds.
@@ -23,6 +26,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -34,10 +38,17 @@ from .config import SimulatorConfig
 from .evaluate import measured_class
 from .optics import MATERIALS, StackOptics
 from .render import FieldRenderer
+from .shapes import edge_consensus_deg
 
-__all__ = ["ClassifierSetSpec", "write_axis_set", "write_classifier_set"]
+__all__ = ["AxisLabel", "ClassifierSetSpec", "write_axis_set", "write_classifier_set"]
 
 CLASS_BINS = (0.0, 0.12, 0.19, 0.30)
+AxisLabel = Literal["edges", "lattice"]
+AXIS_LABELS: dict[str, str] = {
+    "edges": "what the straight edges agree on (length-weighted circular mean mod 30)",
+    "lattice": "the lattice axis the simulator drew, mod 30",
+}
+TRUTH_HEADER = ["basename", "label_deg", "edges_deg", "lattice_deg", "kind", "layers", "area_um2"]
 
 
 @dataclass(frozen=True)
@@ -181,42 +192,55 @@ def write_axis_set(
     numerical_aperture: float = 0.14,
     min_area_um2: float = 300.0,
     vary: bool = True,
+    label: AxisLabel = "edges",
+    terraces: bool = True,
 ) -> dict:
-    """Write an AxisID-convention set: augmented training crops, a plain test set."""
+    """Write an AxisID-convention set: augmented training crops, a plain test set.
+
+    `terraces` adds the thin terraces that stick out of thick crystals, cropped round the
+    terrace with part of its parent in view: the crops the daemon's hits give.
+    """
+    if label not in AXIS_LABELS:
+        raise ValueError(f"label must be one of {sorted(AXIS_LABELS)}, got {label!r}")
     base = base or SimulatorConfig()
     out = Path(out)
-    counts = {"train_crystals": 0, "train_images": 0, "test_images": 0}
+    counts = {"train_crystals": 0, "train_images": 0, "test_images": 0, "no_straight_edge": 0}
+    how = (pixel_size_um, numerical_aperture, min_area_um2, label, terraces)
     (out / "train" / "images").mkdir(parents=True, exist_ok=True)
-    with open(out / "train" / "angles.csv", "w", newline="") as f:
-        writer = csv.writer(f)
+    with (
+        open(out / "train" / "angles.csv", "w", newline="") as f,
+        open(out / "train" / "truth.csv", "w", newline="") as t,
+    ):
+        writer, truth = csv.writer(f), csv.writer(t)
+        truth.writerow(TRUTH_HEADER)
         for seed in seeds:
-            for base_name, angle, images in _axis_crops(
-                base,
-                seed,
-                vary,
-                crops_per_crystal,
-                size_px,
-                pixel_size_um,
-                numerical_aperture,
-                min_area_um2,
-            ):
-                for n, img in enumerate(images):
-                    img.save(out / "train" / "images" / f"{base_name}-{n}.tif")
-                writer.writerow([base_name, f"{angle:.3f}", len(images)])
+            for crop in _axis_crops(base, seed, vary, crops_per_crystal, size_px, *how):
+                if crop is None:
+                    counts["no_straight_edge"] += 1
+                    continue
+                for n, img in enumerate(crop.images):
+                    img.save(out / "train" / "images" / f"{crop.name}-{n}.tif")
+                writer.writerow([crop.name, f"{crop.label_deg:.3f}", len(crop.images)])
+                truth.writerow(crop.truth_row())
                 counts["train_crystals"] += 1
-                counts["train_images"] += len(images)
+                counts["train_images"] += len(crop.images)
     if test_seeds:
         (out / "test" / "images").mkdir(parents=True, exist_ok=True)
         (out / "test" / "annotations").mkdir(parents=True, exist_ok=True)
-        for seed in test_seeds:
-            for base_name, angle, images in _axis_crops(
-                base, seed, vary, 1, size_px, pixel_size_um, numerical_aperture, min_area_um2
-            ):
-                images[0].save(out / "test" / "images" / f"{base_name}.tif")
-                (out / "test" / "annotations" / f"{base_name}-edges.csv").write_text(
-                    f"{angle:.3f}\n"
-                )
-                counts["test_images"] += 1
+        with open(out / "test" / "truth.csv", "w", newline="") as t:
+            truth = csv.writer(t)
+            truth.writerow(TRUTH_HEADER)
+            for seed in test_seeds:
+                for crop in _axis_crops(base, seed, vary, 1, size_px, *how):
+                    if crop is None:
+                        counts["no_straight_edge"] += 1
+                        continue
+                    crop.images[0].save(out / "test" / "images" / f"{crop.name}.tif")
+                    (out / "test" / "annotations" / f"{crop.name}-edges.csv").write_text(
+                        f"{crop.label_deg:.3f}\n"
+                    )
+                    truth.writerow(crop.truth_row())
+                    counts["test_images"] += 1
     _write_manifest(
         out,
         "AxisID",
@@ -227,11 +251,53 @@ def write_axis_set(
         {
             "size_px": size_px,
             "angle": "degrees mod 30, from image +x (columns) towards +y (rows)",
+            "label": label,
+            "label_means": AXIS_LABELS[label],
+            "terraces": terraces,
             "pixels": "RGB, 8-bit, linear in light",
             "test_seeds": list(test_seeds),
         },
     )
     return counts
+
+
+@dataclass
+class AxisCrop:
+    """One crystal of an AxisID set: its crops and both readings of its orientation."""
+
+    name: str
+    label_deg: float
+    edges_deg: float | None
+    obj: ChipObject
+    images: list[Image.Image]
+
+    def truth_row(self) -> list:
+        o = self.obj
+        edges = "" if self.edges_deg is None else f"{self.edges_deg:.3f}"
+        lattice = f"{(o.axis_deg or 0.0) % 30.0:.3f}"
+        return [
+            self.name,
+            f"{self.label_deg:.3f}",
+            edges,
+            lattice,
+            o.kind,
+            o.layers,
+            round(o.area_um2, 1),
+        ]
+
+
+def _axis_objects(chip: Chip, min_area_um2: float, terraces: bool) -> list[ChipObject]:
+    """Whole crystals with straight edges (thin or thick parents) and, with `terraces`, the
+    thin terraces of thick crystals."""
+    return [
+        o
+        for o in chip.objects
+        if o.kind in ("flake", "bulk")
+        and (o.parent_id is None or (terraces and o.kind == "flake"))
+        and o.axis_deg is not None
+        and o.area_um2 >= min_area_um2
+        and (o.layers or 0) <= THIN_MAX_LAYERS * 100
+    ]
 
 
 def _axis_crops(
@@ -243,25 +309,23 @@ def _axis_crops(
     px: float,
     na: float,
     min_area_um2: float,
-) -> list[tuple[str, float, list[Image.Image]]]:
-    """Crystals with straight edges (thin or thick, whole parent crystals), each cut by
-    `n_crops` windows of different size and offset, resized to size_px."""
+    label: AxisLabel,
+    terraces: bool,
+) -> list[AxisCrop | None]:
+    """Each crystal cut by `n_crops` windows of different size and offset, resized to
+    size_px; None for a crystal with no straight edge when the label is `edges` (a person
+    would not label it either)."""
     sim = _sim_for(base, seed, vary)
     chip = generate_chip(sim.chip, seed)
     rng = np.random.default_rng([seed, 0xA715])
     frame = 4 * size_px
     renderer = _renderer(sim, chip, frame, px, na)
-    crystals = [
-        o
-        for o in chip.objects
-        if o.kind in ("flake", "bulk")
-        and o.parent_id is None
-        and o.axis_deg is not None
-        and o.area_um2 >= min_area_um2
-        and (o.layers or 0) <= THIN_MAX_LAYERS * 100
-    ]
-    result = []
-    for k, obj in enumerate(crystals):
+    result: list[AxisCrop | None] = []
+    for k, obj in enumerate(_axis_objects(chip, min_area_um2, terraces)):
+        edges = edge_consensus_deg(obj.polygon)
+        if label == "edges" and edges is None:
+            result.append(None)
+            continue
         x0, y0, x1, y1 = obj.polygon.bounds
         extent = max(x1 - x0, y1 - y0)
         cx, cy = obj.centroid_um
@@ -276,7 +340,9 @@ def _axis_crops(
             c0, r0 = int(np.clip(c0, 0, frame - side)), int(np.clip(r0, 0, frame - side))
             window = Image.fromarray(img[r0 : r0 + side, c0 : c0 + side])
             images.append(window.resize((size_px, size_px), Image.Resampling.BOX))
-        result.append((f"chip{seed:05d}-xtal{obj.id:05d}", obj.axis_deg % 30.0, images))
+        lattice = float(obj.axis_deg or 0.0) % 30.0
+        angle = edges if label == "edges" and edges is not None else lattice
+        result.append(AxisCrop(f"chip{seed:05d}-xtal{obj.id:05d}", angle, edges, obj, images))
     return result
 
 

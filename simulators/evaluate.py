@@ -18,6 +18,7 @@ from shapely.geometry import Point
 
 from .chip import THIN_MAX_LAYERS, Chip, ChipObject
 from .optics import MATERIALS, StackOptics
+from .shapes import edge_consensus_deg
 
 __all__ = ["ClassRow", "MatchReport", "ScanEvaluation", "evaluate_scan", "match_hits"]
 
@@ -160,6 +161,11 @@ class ScanEvaluation:
     position_error_um_p90: float | None
     axis_mae_deg: float | None
     axis_n: int
+    # Against what the flake's straight edges agree on (`shapes.edge_consensus_deg`), the
+    # reading a person gives; facets scatter about the lattice, so this is the fairer test
+    # of an edge reader and axis_mae_deg the one a lab cares about.
+    axis_edges_mae_deg: float | None = None
+    axis_edges_n: int = 0
 
     def as_dict(self) -> dict:
         return {
@@ -168,6 +174,8 @@ class ScanEvaluation:
             "position_error_um_p90": self.position_error_um_p90,
             "axis_mae_deg": self.axis_mae_deg,
             "axis_n": self.axis_n,
+            "axis_edges_mae_deg": self.axis_edges_mae_deg,
+            "axis_edges_n": self.axis_edges_n,
         }
 
 
@@ -229,6 +237,7 @@ def evaluate_scan(
             total.found += 1
     matched_truth = {i: t for t, i in report.matches}
     axis_errors: list[float] = []
+    edge_errors: list[float] = []
     for i, hit in enumerate(hits):
         k = int(hit["flake_class"])
         row = rows[k - 1] if 1 <= k <= n_classes else None
@@ -245,8 +254,12 @@ def evaluate_scan(
                 if row is not None:
                     row.hits_right_class += 1
             truth_axis = by_id[tid].axis_deg
-            if hit.get("axis_angle_deg") is not None and truth_axis is not None:
-                axis_errors.append(abs((hit["axis_angle_deg"] - truth_axis % 30 + 15) % 30 - 15))
+            got = hit.get("axis_angle_deg")
+            if got is not None and truth_axis is not None:
+                axis_errors.append(_mod30_error(got, truth_axis))
+                edges = edge_consensus_deg(by_id[tid].polygon)
+                if edges is not None:
+                    edge_errors.append(_mod30_error(got, edges))
     errs = np.asarray(report.position_errors_um)
     return ScanEvaluation(
         rows=[*rows, total],
@@ -254,4 +267,10 @@ def evaluate_scan(
         position_error_um_p90=float(np.percentile(errs, 90)) if errs.size else None,
         axis_mae_deg=float(np.mean(axis_errors)) if axis_errors else None,
         axis_n=len(axis_errors),
+        axis_edges_mae_deg=float(np.mean(edge_errors)) if edge_errors else None,
+        axis_edges_n=len(edge_errors),
     )
+
+
+def _mod30_error(a: float, b: float) -> float:
+    return abs((a - b % 30 + 15) % 30 - 15)

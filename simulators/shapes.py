@@ -16,7 +16,13 @@ from shapely import affinity
 from shapely.geometry import LineString, Point, Polygon
 from shapely.ops import split
 
-__all__ = ["cleaved_crystal", "convex_cleaved_piece", "split_terraces", "torn_edges"]
+__all__ = [
+    "cleaved_crystal",
+    "convex_cleaved_piece",
+    "edge_consensus_deg",
+    "split_terraces",
+    "torn_edges",
+]
 
 
 def _half_plane_polygon(
@@ -183,3 +189,35 @@ def split_terraces(
             pieces.remove(target)
             pieces.extend(parts)
     return sorted(pieces, key=lambda g: -g.area)
+
+
+def edge_consensus_deg(
+    poly: Polygon,
+    modulus_deg: float = 30.0,
+    min_edge_um: float = 1.0,
+    min_edge_fraction: float = 0.12,
+) -> float | None:
+    """The orientation a person reads off a flake's straight edges, degrees mod `modulus_deg`.
+
+    Cleaved facets scatter a few degrees about the lattice (physics-notes: sigma ~ 5 deg), so
+    the edges know the lattice only to ~sigma / sqrt(edges). A labeller, like the AxisID
+    seed's, reports what the straight edges agree on: here the length-weighted circular mean
+    of the outline's straight segments (torn edges are chains of short segments and drop
+    out). None when no segment is long enough.
+    """
+    rings = [poly] if poly.geom_type == "Polygon" else list(getattr(poly, "geoms", []))
+    longest_min = max(min_edge_um, min_edge_fraction * float(np.sqrt(max(poly.area, 0.0))))
+    total = 0j
+    for ring in rings:
+        xy = np.asarray(ring.exterior.coords)
+        d = np.diff(xy, axis=0)
+        length = np.hypot(d[:, 0], d[:, 1])
+        keep = length >= longest_min
+        if not keep.any():
+            continue
+        phase = np.arctan2(d[keep, 1], d[keep, 0]) * (360.0 / modulus_deg)
+        total += np.sum(length[keep] * np.exp(1j * phase))
+    if abs(total) == 0:
+        return None
+    angle = float(np.degrees(np.angle(total)) * modulus_deg / 360.0) % modulus_deg
+    return 0.0 if angle >= modulus_deg else angle  # -1e-15 % 30 == 30.0

@@ -7,10 +7,13 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from shapely import affinity
+from shapely.geometry import Point, Polygon, box
 
+from flakescan.inference.axis_model import circular_difference
 from flakescan.simulators.chip import generate_chip
 from flakescan.simulators.config import ChipSpec
-from flakescan.simulators.shapes import cleaved_crystal
+from flakescan.simulators.shapes import cleaved_crystal, edge_consensus_deg
 
 SMALL = ChipSpec(width_um=2000, height_um=2000, thin_flakes_per_mm2=20, bulk_crystals_per_mm2=8)
 
@@ -36,6 +39,28 @@ def test_torn_edges_are_not_crystallographic():
     ang, length = edge_angles(poly)
     off = np.abs((ang - 10.0 + 15) % 30 - 15)
     assert (length[off > 2]).sum() > 0.5 * length.sum()
+
+
+@pytest.mark.parametrize("turn", [0.0, 7.0, 29.5, 44.0])
+def test_edge_consensus_reads_the_straight_edges_mod_30(turn):
+    rect = affinity.rotate(box(0, 0, 40, 25), turn, origin=(0, 0))
+    assert circular_difference(edge_consensus_deg(rect), turn % 30) == pytest.approx(0, abs=1e-6)
+    # Two edges at +3 deg and two at -1 deg of equal length: the mean, +1 deg.
+    square = Polygon([(0, 0), (30, 0), (30, 30), (0, 30)])
+    tilted = Polygon(
+        [(0, 0), (30, 30 * np.tan(np.radians(3))), (30, 30), (0, 30 + 30 * np.tan(np.radians(-1)))]
+    )
+    assert edge_consensus_deg(square) == pytest.approx(0, abs=1e-9)
+    assert circular_difference(edge_consensus_deg(tilted), 0) > 0
+
+
+def test_edge_consensus_ignores_torn_edges_and_answers_none_without_a_straight_one():
+    rng = np.random.default_rng(5)
+    for axis in (4.0, 19.0):
+        poly = cleaved_crystal(rng, (0, 0), 30, axis, facet_scatter_deg=0, torn_fraction=0.5)
+        got = edge_consensus_deg(poly)
+        assert circular_difference(got, axis, 30) == pytest.approx(0, abs=0.05)
+    assert edge_consensus_deg(Point(0, 0).buffer(20, quad_segs=64)) is None  # a round blob
 
 
 def test_chip_is_reproducible_from_its_seed():

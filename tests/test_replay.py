@@ -149,6 +149,8 @@ def test_a_generated_mosaic_replayed_through_the_daemon_and_evaluated(
     assert overall["recall"] >= 0.9 and overall["precision"] >= 0.9
     assert result["position_error_um_median"] < 2.0
     assert result["axis_mae_deg"] < 5.0
+    assert result["axis_edges_n"] > 0 and result["axis_edges_mae_deg"] < 5.0
     assert main([*evaluate, "--db", str(d.db_path)]) == 0  # the table for people
-    assert "recall" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "recall" in printed and "straight edges agree on" in printed
     assert d.stop() == 0

@@ -27,7 +27,7 @@ from flakescan.training.axis_data import (
     read_test_set,
     split_by_basename,
 )
-from flakescan.training.axis_models import PhaseFeatures
+from flakescan.training.axis_models import ContrastNorm, PhaseFeatures, build_model
 from flakescan.training.train_axis import augment_batch, cosine_loss, rotate_crop
 
 
@@ -183,6 +183,22 @@ def test_phase_features_put_an_edge_at_its_axis_on_the_12_theta_circle(theta):
     assert circular_difference(got, theta, 30) == pytest.approx(0, abs=0.5)
     with pytest.raises(ValueError, match="180/modulus"):
         PhaseFeatures(40.0)
+
+
+def test_contrast_norm_brings_a_faint_and_a_strong_flake_to_one_scale():
+    faint = torch.from_numpy(axis_input(_edge_image(12.0)))
+    strong = 6.0 * faint  # the same outline, six times the contrast
+    norm = ContrastNorm()
+    assert torch.allclose(norm(faint), norm(strong), atol=1e-5)
+    rms = float(torch.sqrt((norm(faint) ** 2).mean()))
+    assert rms == pytest.approx(1.0, rel=1e-4)
+    # A blank wafer (noise far below the floor) is not blown up into a pattern.
+    blank = torch.full_like(faint, 1e-4)
+    assert float(norm(blank).abs().max()) == pytest.approx(1e-2, rel=1e-3)
+    torch.manual_seed(0)
+    model = build_model("1", phase=True, contrast_norm=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(model(faint), model(strong), atol=1e-4)
 
 
 # --- loss -----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from torch import nn
 __all__ = [
     "MODEL_CHOICES",
     "BasicBlock",
+    "ContrastNorm",
     "PhaseFeatures",
     "PlainCNN",
     "SmallResNet",
@@ -187,6 +188,22 @@ class PhaseFeatures(nn.Module):
         return torch.cat([x, pr * weight, pi * weight, weight], dim=1)
 
 
+class ContrastNorm(nn.Module):
+    """Scale each image to unit RMS contrast (over its pixels and channels, floored at
+    `floor`), so a faint monolayer and a thick crystal reach the network at one scale.
+
+    `axis_input` leaves the contrast itself: 0.07 for graphene, ~1 for a thick crystal; the
+    test set's worst errors were faint, defocused flakes."""
+
+    def __init__(self, floor: float = 0.01) -> None:
+        super().__init__()
+        self.floor = floor
+
+    def forward(self, x):
+        rms = torch.sqrt((x * x).mean(dim=(1, 2, 3), keepdim=True))
+        return x / torch.clamp(rms, min=self.floor)
+
+
 class WithPhase(nn.Module):
     """A model fed the image plus `PhaseFeatures` (3 + 3 input channels)."""
 
@@ -199,8 +216,11 @@ class WithPhase(nn.Module):
         return self.body(self.front(x))
 
 
-def build_model(name: str, phase: bool = False, modulus: float = 30.0) -> nn.Module:
-    """Model '1'..'5' or 'resnet'; `phase` adds the fixed edge-phase front-end."""
+def build_model(
+    name: str, phase: bool = False, modulus: float = 30.0, contrast_norm: bool = False
+) -> nn.Module:
+    """Model '1'..'5' or 'resnet'; `phase` adds the fixed edge-phase front-end,
+    `contrast_norm` a `ContrastNorm` in front of everything."""
     name = str(name)
     c_in = 6 if phase else 3
     if name == "resnet":
@@ -210,12 +230,15 @@ def build_model(name: str, phase: bool = False, modulus: float = 30.0) -> nn.Mod
         body = PlainCNN(widths, convs, in_channels=c_in)
     else:
         raise ValueError(f"unknown axis model {name!r}; choose one of {', '.join(MODEL_CHOICES)}")
-    return WithPhase(PhaseFeatures(modulus), body) if phase else body
+    model = WithPhase(PhaseFeatures(modulus), body) if phase else body
+    return nn.Sequential(ContrastNorm(), model) if contrast_norm else model
 
 
-def describe(name: str, phase: bool = False) -> str:
+def describe(name: str, phase: bool = False, contrast_norm: bool = False) -> str:
     """One line for the model card."""
     front = " fed image + fixed edge-phase channels (PhaseFeatures)" if phase else ""
+    if contrast_norm:
+        front += ", input scaled to unit RMS contrast (ContrastNorm)"
     if str(name) == "resnet":
         return "AxisID ResNet (BasicBlocks 32/64/128/256 x2, 3x3 stem, GAP, linear 2)" + front
     widths, convs = _PLAIN[str(name)]

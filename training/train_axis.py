@@ -92,6 +92,7 @@ class TrainConfig:
     scheduler_params: dict = field(default_factory=dict)
     rotate_deg: float = 0.0
     phase_features: bool = False
+    contrast_norm: bool = False
     seed: int = 0
     threads: int = 1
 
@@ -184,7 +185,7 @@ def train(
     as seen in training mode; val: the plain validation crops)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_model(cfg.model, cfg.phase_features, cfg.modulus)
+    model = build_model(cfg.model, cfg.phase_features, cfg.modulus, cfg.contrast_norm)
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
     )
@@ -281,6 +282,18 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--crops-per-crystal", type=int, default=4, help="simulated crops each")
     d.add_argument("--chip-size-um", type=float, nargs=2, metavar=("W", "H"), help="sim chips")
     d.add_argument("--sim-px", type=int, default=256, help="simulated crop size (px)")
+    d.add_argument(
+        "--sim-label",
+        default="edges",
+        choices=["edges", "lattice"],
+        help="simulated label: what the straight edges agree on (as a person labels) or the "
+        "lattice axis the facets scatter about",
+    )
+    d.add_argument(
+        "--no-sim-terraces",
+        action="store_true",
+        help="simulate whole crystals only, not the thin terraces of thick ones",
+    )
     t = p.add_argument_group("training")
     t.add_argument("--model", default="3", choices=MODEL_CHOICES, help="architecture")
     t.add_argument("--modulus", type=float, default=30.0, help="angle period (deg)")
@@ -302,6 +315,11 @@ def _parser() -> argparse.ArgumentParser:
         "--phase-features",
         action="store_true",
         help="feed the network fixed edge-phase channels as well (see axis_models)",
+    )
+    t.add_argument(
+        "--contrast-norm",
+        action="store_true",
+        help="scale each input to unit RMS contrast inside the network (see axis_models)",
     )
     t.add_argument("--val-fraction", type=float, default=0.2, help="crystals held out")
     t.add_argument("--seed", type=int, default=0)
@@ -366,6 +384,8 @@ def _simulate(a: argparse.Namespace) -> dict:
         same = (
             old.get("chip_seeds") == seeds + tests
             and old.get("size_px") == a.sim_px
+            and old.get("label", "lattice") == a.sim_label
+            and old.get("terraces", False) == (not a.no_sim_terraces)
             and old.get("simulator", {}).get("chip") == json.loads(base.chip.model_dump_json())
             and counts.get("train_images") == a.crops_per_crystal * counts.get("train_crystals", -1)
         )
@@ -374,7 +394,8 @@ def _simulate(a: argparse.Namespace) -> dict:
             return old["counts"]
         raise AxisDataError(
             f"--data-dir {a.data_dir} holds another set (chip seeds {old.get('chip_seeds')}, "
-            f"{old.get('size_px')} px); choose an empty folder"
+            f"{old.get('size_px')} px, label {old.get('label', 'lattice')}, terraces "
+            f"{old.get('terraces', False)}); choose an empty folder"
         )
     if a.data_dir.exists() and any(a.data_dir.iterdir()):
         raise AxisDataError(f"--data-dir {a.data_dir} is not empty and has no dataset.json")
@@ -386,6 +407,8 @@ def _simulate(a: argparse.Namespace) -> dict:
         test_seeds=tests,
         crops_per_crystal=a.crops_per_crystal,
         size_px=a.sim_px,
+        label=a.sim_label,
+        terraces=not a.no_sim_terraces,
     )
     print(f"simulated {counts} in {time.perf_counter() - t0:.0f} s")
     return counts
@@ -441,6 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheduler_params=sched_params,
         rotate_deg=a.rotate_deg,
         phase_features=a.phase_features,
+        contrast_norm=a.contrast_norm,
         seed=a.seed,
         threads=a.threads,
     )
@@ -457,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     card = ModelCard(
         name=out.stem,
         task=AXIS_TASK,
-        architecture=describe(a.model, a.phase_features),
+        architecture=describe(a.model, a.phase_features, a.contrast_norm),
         parameters=sum(int(q.numel()) for q in model.parameters()),
         input=ModelInput(
             name="input", shape=[None, 3, a.input_px, a.input_px], representation=REPRESENTATION
