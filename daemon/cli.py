@@ -417,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="axis-set: label with what the straight edges agree on, or the lattice axis",
     )
     sp.add_argument("--no-terraces", action="store_true", help="axis-set: whole crystals only")
-    sp.add_argument("--size-um", type=float, nargs=2, metavar=("W", "H"), help="chip size")
+    sp.add_argument("--size-um", type=float, nargs=2, metavar=("W", "H"), help="chip size (um)")
     sp.add_argument("--pixel-size", type=float, help="um/px (default: the objective's)")
     sp.add_argument("--vary", action="store_true", help="draw each chip's imaging conditions")
 

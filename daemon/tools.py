@@ -61,15 +61,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     px = args.pixel_size or cfg.objective.pixel_size_um
     na = cfg.objective.numerical_aperture
     seeds = list(range(args.seed, args.seed + args.chips))
+    sim = cfg.simulator
+    if args.size_um:
+        size = {"width_um": args.size_um[0], "height_um": args.size_um[1]}
+        sim = sim.model_copy(update={"chip": sim.chip.model_copy(update=size)})
     if args.what == "classifier-set":
         spec = ClassifierSetSpec(pixel_size_um=px, numerical_aperture=na)
-        counts = write_classifier_set(args.out, seeds, cfg.simulator, spec, vary=args.vary)
+        counts = write_classifier_set(args.out, seeds, sim, spec, vary=args.vary)
     else:
         tests = list(range(args.seed + args.chips, args.seed + args.chips + args.test_chips))
         counts = write_axis_set(
             args.out,
             seeds,
-            cfg.simulator,
+            sim,
             test_seeds=tests,
             pixel_size_um=px,
             numerical_aperture=na,

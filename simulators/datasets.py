@@ -48,7 +48,16 @@ AXIS_LABELS: dict[str, str] = {
     "edges": "what the straight edges agree on (length-weighted circular mean mod 30)",
     "lattice": "the lattice axis the simulator drew, mod 30",
 }
-TRUTH_HEADER = ["basename", "label_deg", "edges_deg", "lattice_deg", "kind", "layers", "area_um2"]
+TRUTH_HEADER = [
+    "basename",
+    "label_deg",
+    "edges_deg",
+    "lattice_deg",
+    "kind",
+    "layers",
+    "area_um2",
+    "terrace_of",  # the parent crystal's id for a thin terrace, else empty
+]
 
 
 @dataclass(frozen=True)
@@ -283,6 +292,7 @@ class AxisCrop:
             o.kind,
             o.layers,
             round(o.area_um2, 1),
+            "" if o.parent_id is None else o.parent_id,
         ]
 
 

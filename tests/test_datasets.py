@@ -92,11 +92,10 @@ def test_axis_set_follows_the_axisid_conventions(tmp_path):
     ]
     assert 0 < np.median(gaps) < 2
     # Thin terraces of thick crystals are in the set, cropped with their parent in view.
-    kinds = {
-        next(o for o in chip.objects if o.id == int(b.split("xtal")[1])).parent_id is not None
-        for b in truth
-    }
-    assert kinds == {True, False}
+    for b, row in truth.items():
+        xtal = next(o for o in chip.objects if o.id == int(b.split("xtal")[1]))
+        assert row["terrace_of"] == ("" if xtal.parent_id is None else str(xtal.parent_id))
+    assert {row["terrace_of"] == "" for row in truth.values()} == {True, False}
     assert json.loads((tmp_path / "dataset.json").read_text())["label"] == "edges"
 
 
@@ -114,8 +113,12 @@ def test_axis_set_can_label_the_lattice_and_leave_terraces_out(tmp_path):
 
 
 def test_simulate_sets_from_the_command_line(tmp_path, capsys):
-    rc = main(["simulate", "axis-set", "--seed", "9", "--chips", "1", "--out", str(tmp_path)])
+    small = ["--seed", "9", "--chips", "1", "--size-um", "1200", "1000"]
+    rc = main(["simulate", "axis-set", *small, "--label", "lattice", "--out", str(tmp_path)])
     assert rc == 0 and "train_crystals" in capsys.readouterr().out
     assert (tmp_path / "train" / "angles.csv").is_file()
+    manifest = json.loads((tmp_path / "dataset.json").read_text())
+    assert manifest["label"] == "lattice" and manifest["terraces"] is True
+    assert manifest["simulator"]["chip"]["width_um"] == 1200
     assert main(["simulate", "axis-set", "--seed", "9", "--chips", "0", "--out", "x"]) == 2
     assert "--chips must be >= 1" in capsys.readouterr().err
