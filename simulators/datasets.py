@@ -203,18 +203,22 @@ def write_axis_set(
     vary: bool = True,
     label: AxisLabel = "edges",
     terraces: bool = True,
+    min_flake_area_um2: float | None = None,
 ) -> dict:
     """Write an AxisID-convention set: augmented training crops, a plain test set.
 
     `terraces` adds the thin terraces that stick out of thick crystals, cropped round the
     terrace with part of its parent in view: the crops the daemon's hits give.
+    `min_flake_area_um2` (default: `min_area_um2`) lets smaller thin flakes in, the
+    daemon's hits being mostly small thin flakes.
     """
     if label not in AXIS_LABELS:
         raise ValueError(f"label must be one of {sorted(AXIS_LABELS)}, got {label!r}")
     base = base or SimulatorConfig()
     out = Path(out)
     counts = {"train_crystals": 0, "train_images": 0, "test_images": 0, "no_straight_edge": 0}
-    how = (pixel_size_um, numerical_aperture, min_area_um2, label, terraces)
+    flake_area = min_area_um2 if min_flake_area_um2 is None else min_flake_area_um2
+    how = (pixel_size_um, numerical_aperture, min_area_um2, flake_area, label, terraces)
     (out / "train" / "images").mkdir(parents=True, exist_ok=True)
     with (
         open(out / "train" / "angles.csv", "w", newline="") as f,
@@ -263,6 +267,8 @@ def write_axis_set(
             "label": label,
             "label_means": AXIS_LABELS[label],
             "terraces": terraces,
+            "min_area_um2": min_area_um2,
+            "min_flake_area_um2": flake_area,
             "pixels": "RGB, 8-bit, linear in light",
             "test_seeds": list(test_seeds),
         },
@@ -296,17 +302,25 @@ class AxisCrop:
         ]
 
 
-def _axis_objects(chip: Chip, min_area_um2: float, terraces: bool) -> list[ChipObject]:
-    """Whole crystals with straight edges (thin or thick parents) and, with `terraces`, the
-    thin terraces of thick crystals."""
+def _axis_objects(
+    chip: Chip, min_area_um2: float, min_flake_area_um2: float, terraces: bool
+) -> list[ChipObject]:
+    """Whole crystals with straight edges (thin or thick) from `min_area_um2`, thin flakes
+    (1-10 layers, what the daemon hunts) from `min_flake_area_um2`, and with `terraces` the
+    thin terraces of thick crystals too."""
+
+    def wanted(o: ChipObject) -> bool:
+        if o.kind == "flake" and o.area_um2 >= min_flake_area_um2:
+            return o.parent_id is None or terraces
+        return o.parent_id is None and o.area_um2 >= min_area_um2
+
     return [
         o
         for o in chip.objects
         if o.kind in ("flake", "bulk")
-        and (o.parent_id is None or (terraces and o.kind == "flake"))
         and o.axis_deg is not None
-        and o.area_um2 >= min_area_um2
         and (o.layers or 0) <= THIN_MAX_LAYERS * 100
+        and wanted(o)
     ]
 
 
@@ -319,6 +333,7 @@ def _axis_crops(
     px: float,
     na: float,
     min_area_um2: float,
+    min_flake_area_um2: float,
     label: AxisLabel,
     terraces: bool,
 ) -> list[AxisCrop | None]:
@@ -331,7 +346,7 @@ def _axis_crops(
     frame = 4 * size_px
     renderer = _renderer(sim, chip, frame, px, na)
     result: list[AxisCrop | None] = []
-    for k, obj in enumerate(_axis_objects(chip, min_area_um2, terraces)):
+    for k, obj in enumerate(_axis_objects(chip, min_area_um2, min_flake_area_um2, terraces)):
         edges = edge_consensus_deg(obj.polygon)
         if label == "edges" and edges is None:
             result.append(None)

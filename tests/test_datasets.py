@@ -108,6 +108,14 @@ def test_axis_set_can_label_the_lattice_and_leave_terraces_out(tmp_path):
         xtal = next(o for o in chip.objects if o.id == int(base.split("xtal")[1]))
         assert xtal.parent_id is None
         assert float(angle) == pytest.approx(xtal.axis_deg % 30, abs=1e-3)
+    # Smaller thin flakes come in on request; thick crystals keep their own floor.
+    write_axis_set(tmp_path / "small", [3], SMALL, crops_per_crystal=1, min_flake_area_um2=40)
+    with open(tmp_path / "small" / "train" / "truth.csv") as f:
+        small = list(csv.DictReader(f))
+    assert len(small) > len(rows)
+    assert any(r["kind"] == "flake" and float(r["area_um2"]) < 300 for r in small)
+    assert all(float(r["area_um2"]) >= 300 for r in small if r["kind"] == "bulk")
+    assert all(float(r["area_um2"]) >= 40 for r in small)
     with pytest.raises(ValueError, match=r"label must be one of .*'human'"):
         write_axis_set(tmp_path / "x", [3], SMALL, label="human")
 

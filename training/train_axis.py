@@ -290,6 +290,13 @@ def _parser() -> argparse.ArgumentParser:
         "lattice axis the facets scatter about",
     )
     d.add_argument(
+        "--sim-min-flake-area",
+        type=float,
+        default=300.0,
+        metavar="UM2",
+        help="simulated thin flakes (1-10 layers) from this area; thick crystals from 300 um2",
+    )
+    d.add_argument(
         "--no-sim-terraces",
         action="store_true",
         help="simulate whole crystals only, not the thin terraces of thick ones",
@@ -335,6 +342,8 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict:
         p.error(f"--batch-size must be >= 2 (BatchNorm), got {a.batch_size}")
     if not 16 <= a.input_px <= 1024:
         p.error(f"--input-px must be in 16..1024, got {a.input_px}")
+    if not a.sim_min_flake_area > 0:
+        p.error(f"--sim-min-flake-area must be > 0 um2, got {a.sim_min_flake_area}")
     if not 8 <= a.sim_px <= 1024:
         p.error(f"--sim-px must be in 8..1024, got {a.sim_px}")
     if not (0 < a.modulus <= 360):
@@ -386,6 +395,7 @@ def _simulate(a: argparse.Namespace) -> dict:
             and old.get("size_px") == a.sim_px
             and old.get("label", "lattice") == a.sim_label
             and old.get("terraces", False) == (not a.no_sim_terraces)
+            and old.get("min_flake_area_um2", 300.0) == a.sim_min_flake_area
             and old.get("simulator", {}).get("chip") == json.loads(base.chip.model_dump_json())
             and counts.get("train_images") == a.crops_per_crystal * counts.get("train_crystals", -1)
         )
@@ -409,6 +419,7 @@ def _simulate(a: argparse.Namespace) -> dict:
         size_px=a.sim_px,
         label=a.sim_label,
         terraces=not a.no_sim_terraces,
+        min_flake_area_um2=a.sim_min_flake_area,
     )
     print(f"simulated {counts} in {time.perf_counter() - t0:.0f} s")
     return counts
