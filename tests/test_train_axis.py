@@ -244,6 +244,8 @@ def test_tiny_training_run_exports_a_model_the_daemon_and_test_axis_read(tmp_pat
         and len(card["training"]["data"]["dataset_sha256"]) == 64
     )
     assert card["metrics"]["test"]["n"] == card["metrics"]["test_images"] > 0
+    manifest = card["training"]["data"]["set_manifest"]
+    assert manifest["label"] == "edges" and manifest["terraces"] is True
     assert "mae_deg" in card["metrics"]["test_edge_baseline"]
 
     model = AxisModel.from_path(out)

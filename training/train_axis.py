@@ -425,6 +425,17 @@ def _simulate(a: argparse.Namespace) -> dict:
     return counts
 
 
+def _set_manifest(data_dir: Path | None) -> dict | None:
+    """What a simulated set's dataset.json says of its labels and crystals (None for a lab's
+    own folders): a card must say which angle its errors were measured against."""
+    manifest = data_dir / "dataset.json" if data_dir else None
+    if manifest is None or not manifest.is_file():
+        return None
+    d = json.loads(manifest.read_text())
+    keys = ("label", "label_means", "terraces", "min_area_um2", "min_flake_area_um2", "size_px")
+    return {k: d.get(k) for k in keys} | {"chip_seeds": d.get("chip_seeds")}
+
+
 def _flatten(crystals: Sequence[Crystal], px: int) -> tuple[np.ndarray, np.ndarray]:
     paths = [p for c in crystals for p in c.paths]
     angles = np.array([c.angle_deg for c in crystals for _ in c.paths], dtype=np.float64)
@@ -552,6 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "dataset_sha256": dataset_sha256([f for f in files if f.is_file()]),
                     "simulated": sim_counts,
                     "test_dirs": [str(d) for d in test_dirs] if test_dirs else None,
+                    "set_manifest": _set_manifest(a.data_dir),
                 },
                 "history": history,
                 "load_seconds": round(load_s, 1),
