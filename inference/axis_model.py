@@ -146,16 +146,23 @@ class AxisModel:
     views (each mapped back to the original frame): the spread of the views is the
     confidence, and a model that has learnt the symmetry agrees with itself."""
 
-    def __init__(self, backend: InferenceBackend, card: ModelCard, views: int = 8) -> None:
+    def __init__(
+        self, backend: InferenceBackend, card: ModelCard, views: int = 8, batch_size: int = 32
+    ) -> None:
         if card.task != AXIS_TASK:
             raise ValueError(f"model {card.name!r} is a {card.task!r} model, not {AXIS_TASK!r}")
         if card.output.modulus_deg is None:
             raise ValueError(f"model card {card.name!r} does not state its modulus_deg")
         if views not in (1, 2, 4, 8):
             raise ValueError(f"views must be 1, 2, 4 or 8, got {views}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.backend = backend
         self.card = card
         self.views = views
+        # Crops per backend call; each brings `views` images, so memory stays bounded
+        # however many crops come in (2354 crops x 8 views once asked ONNX Runtime for 33 GB).
+        self.batch_size = batch_size
 
     @classmethod
     def from_path(cls, path: Path, cfg: ModelsConfig | None = None, views: int = 8) -> AxisModel:
@@ -170,7 +177,7 @@ class AxisModel:
         if cfg.axis is None:
             return None
         entry, backend = open_model(cfg, cfg.axis, AXIS_TASK, engine_cache)
-        return cls(backend, entry.card, cfg.axis_views)
+        return cls(backend, entry.card, cfg.axis_views, cfg.batch_size)
 
     @property
     def modulus(self) -> float:
@@ -185,9 +192,15 @@ class AxisModel:
         return {1: all8[:1], 2: [all8[0], all8[4]], 4: all8[:4], 8: all8}[self.views]
 
     def predict(self, crops: np.ndarray) -> list[AxisPrediction]:
-        """(n, s, s, 3) crops (from `axis_crop`) -> one prediction each."""
-        if len(crops) == 0:
-            return []
+        """(n, s, s, 3) crops (from `axis_crop`) -> one prediction each, `batch_size` crops
+        per backend call."""
+        return [
+            p
+            for i in range(0, len(crops), self.batch_size)
+            for p in self._predict_batch(crops[i : i + self.batch_size])
+        ]
+
+    def _predict_batch(self, crops: np.ndarray) -> list[AxisPrediction]:
         x = axis_input(crops)
         syms = self._symmetries()
         batch = np.concatenate([dihedral_view(x, k, f) for k, f in syms])

@@ -123,6 +123,26 @@ def test_axis_model_maps_all_eight_views_back(theta):
     assert pred.confidence > 0.99
 
 
+def test_axis_model_sends_the_backend_bounded_batches_and_keeps_the_order():
+    class Counting(_EdgeBackend):
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+
+        def run(self, batch):
+            self.sizes.append(len(batch))
+            return super().run(batch)
+
+    thetas = [2.0, 9.0, 17.0, 24.0, 29.0]
+    crops = np.stack([_hexagon_image(t) for t in thetas]).astype(np.uint8)
+    backend = Counting()
+    preds = AxisModel(backend, _card(), views=2, batch_size=2).predict(crops)
+    assert backend.sizes == [4, 4, 2]  # 2 crops x 2 views, twice, then the last crop
+    for pred, theta in zip(preds, thetas, strict=True):
+        assert circular_difference(pred.angle_deg, theta) == pytest.approx(0.0, abs=1.0)
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        AxisModel(_EdgeBackend(), _card(), batch_size=0)
+
+
 def test_axis_model_refuses_cards_of_other_tasks_or_without_modulus():
     with pytest.raises(ValueError, match="modulus_deg"):
         AxisModel(_EdgeBackend(), _card(None))
