@@ -223,6 +223,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 else ""
             )
         )
+    for name, r in result.get("axis_readings", {}).items():
+        console.print(
+            f"  {name} reading: {r['lattice_mae_deg']:.2f} deg against the lattice"
+            + (f", {r['edges_mae_deg']:.2f} against the edges" if r["edges_mae_deg"] else "")
+            + f" ({r['n']} flakes with both readings)"
+        )
     return 0
 
 

@@ -86,10 +86,10 @@ class ModelsConfig(BaseModel):
     batch_size: int = Field(32, ge=1, le=4096)
     intra_op_threads: int = Field(0, ge=0, le=256, description="0: ONNX Runtime decides")
     axis_views: Literal[1, 2, 4, 8] = 8
-    # Which reading becomes a hit's axis_angle_deg when both exist (both are always stored).
-    # "edges" by measurement: on the demo chip's hits the straight-edge estimate is closer to
-    # the truth (MAE 2.45 deg) than the shipped axis CNN (4.45 deg); see docs/training.md.
-    axis_primary: Literal["edges", "cnn"] = "edges"
+    # Which reading becomes a hit's axis_angle_deg when both exist (both are always stored);
+    # the other is the fallback. "cnn" by measurement: on the demo chip's hits the shipped
+    # axis CNN is closer to the lattice than the straight-edge estimate (docs/training.md).
+    axis_primary: Literal["edges", "cnn"] = "cnn"
 
     @field_validator("axis", mode="before")
     @classmethod

@@ -101,7 +101,7 @@ class TilePipeline:
         threshold: float = 0.5,
         axis_modulus_deg: float = 30.0,
         axis_model: AxisModel | None = None,
-        axis_primary: str = "edges",
+        axis_primary: str = "cnn",
     ) -> None:
         if axis_primary not in ("edges", "cnn"):
             raise ValueError(f"axis_primary must be 'edges' or 'cnn', got {axis_primary!r}")

@@ -20,7 +20,16 @@ from .chip import THIN_MAX_LAYERS, Chip, ChipObject
 from .optics import MATERIALS, StackOptics
 from .shapes import edge_consensus_deg
 
-__all__ = ["ClassRow", "MatchReport", "ScanEvaluation", "evaluate_scan", "match_hits"]
+__all__ = [
+    "ClassRow",
+    "MatchReport",
+    "ScanEvaluation",
+    "contrast_bin",
+    "evaluate_scan",
+    "match_hits",
+    "measured_class",
+    "measured_contrast",
+]
 
 
 @dataclass
@@ -166,6 +175,9 @@ class ScanEvaluation:
     # of an edge reader and axis_mae_deg the one a lab cares about.
     axis_edges_mae_deg: float | None = None
     axis_edges_n: int = 0
+    # Each stored reading (`AXIS_READINGS`: the CNN's, the straight edges') on the matched
+    # hits that have both, against the lattice and the edge label: which one to show first.
+    axis_readings: dict[str, dict] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return {
@@ -176,7 +188,51 @@ class ScanEvaluation:
             "axis_n": self.axis_n,
             "axis_edges_mae_deg": self.axis_edges_mae_deg,
             "axis_edges_n": self.axis_edges_n,
+            "axis_readings": self.axis_readings,
         }
+
+
+AXIS_READINGS = {"cnn": "axis_cnn_deg", "edges": "axis_edges_deg"}
+
+
+def compare_axis_readings(pairs: Sequence[tuple[dict, ChipObject]]) -> dict[str, dict]:
+    """MAE of every stored axis reading on the (hit, true flake) pairs where all of them
+    exist, against the lattice and against the flake's straight-edge consensus."""
+    both = [
+        (h, o)
+        for h, o in pairs
+        if o.axis_deg is not None and all(h.get(k) is not None for k in AXIS_READINGS.values())
+    ]
+    if not both:
+        return {}
+    out: dict[str, dict] = {}
+    for name, key in AXIS_READINGS.items():
+        lattice = [_mod30_error(h[key], o.axis_deg) for h, o in both]
+        edges = [
+            _mod30_error(h[key], e)
+            for h, o in both
+            if (e := edge_consensus_deg(o.polygon)) is not None
+        ]
+        out[name] = {
+            "n": len(both),
+            "lattice_mae_deg": float(np.mean(lattice)),
+            "edges_mae_deg": float(np.mean(edges)) if edges else None,
+            "edges_n": len(edges),
+        }
+    return out
+
+
+def measured_contrast(obj: ChipObject, optics: StackOptics, flare: float) -> float:
+    """The R contrast a flake shows: its thin-film contrast lowered by the camera's flare."""
+    return float(optics.contrast(obj.layers or 0)[0]) / (1.0 + flare)
+
+
+def contrast_bin(r: float, bins: Sequence[float]) -> int:
+    """Class k of an R contrast, bins[k-1] < r <= bins[k]; 0 outside every bin."""
+    for k in range(1, len(bins)):
+        if bins[k - 1] < r <= bins[k]:
+            return k
+    return 0
 
 
 def measured_class(
@@ -186,11 +242,7 @@ def measured_class(
     bins: Sequence[float],
 ) -> int:
     """The contrast class a flake shows: its thin-film R contrast, lowered by flare, binned."""
-    r = float(optics.contrast(obj.layers or 0)[0]) / (1.0 + flare)
-    for k in range(1, len(bins)):
-        if bins[k - 1] < r <= bins[k]:
-            return k
-    return 0
+    return contrast_bin(measured_contrast(obj, optics, flare), bins)
 
 
 def evaluate_scan(
@@ -236,6 +288,9 @@ def evaluate_scan(
             rows[k - 1].found += 1
             total.found += 1
     matched_truth = {i: t for t, i in report.matches}
+    readings = compare_axis_readings(
+        [(hits[i], by_id[t]) for i, t in matched_truth.items() if by_id[t].axis_deg is not None]
+    )
     axis_errors: list[float] = []
     edge_errors: list[float] = []
     for i, hit in enumerate(hits):
@@ -269,6 +324,7 @@ def evaluate_scan(
         axis_n=len(axis_errors),
         axis_edges_mae_deg=float(np.mean(edge_errors)) if edge_errors else None,
         axis_edges_n=len(edge_errors),
+        axis_readings=readings,
     )
 
 

@@ -122,7 +122,7 @@ def test_the_pipeline_records_the_cnn_and_the_edge_axis_of_every_hit(lab_registr
     axis = AxisModel.from_config(ModelsConfig(axis="lab_axis", registry=[lab_registry]))
     chip = generate_chip(ChipSpec(width_um=3000, height_um=3000, thin_flakes_per_mm2=12), 5)
     renderer = FieldRenderer(chip, ImagingSpec(), PX, 0.14, seed=5)
-    pipe = TilePipeline(PreselectionConfig(), classifier, axis_model=axis, axis_primary="cnn")
+    pipe = TilePipeline(PreselectionConfig(), classifier, axis_model=axis)  # default: cnn
     frames = [frame_at(renderer, x, y, k) for k, (x, y) in enumerate(TILES)]
     hits = [h for f in frames for h in pipe.process(f).hits]
     inner = [h for h in hits if not h.touches_border]
@@ -135,8 +135,8 @@ def test_the_pipeline_records_the_cnn_and_the_edge_axis_of_every_hit(lab_registr
         if h.touches_border:  # the CNN never sees a cut crystal: the edges speak for it
             assert h.axis_cnn_deg is None and h.axis_source in ("edges", None)
             assert h.axis_angle_deg == h.axis_edges_deg
-    # The default: the straight edges first, the CNN where they give no answer; both kept.
-    pipe = TilePipeline(PreselectionConfig(), classifier, axis_model=axis)
+    # The straight edges first, the CNN where they give no answer; both kept.
+    pipe = TilePipeline(PreselectionConfig(), classifier, axis_model=axis, axis_primary="edges")
     again = [h for f in frames for h in pipe.process(f).hits]
     assert [h.axis_cnn_deg for h in again] == [h.axis_cnn_deg for h in hits]
     for h in again:

@@ -150,7 +150,13 @@ def test_a_generated_mosaic_replayed_through_the_daemon_and_evaluated(
     assert result["position_error_um_median"] < 2.0
     assert result["axis_mae_deg"] < 5.0
     assert result["axis_edges_n"] > 0 and result["axis_edges_mae_deg"] < 5.0
+    # Both stored readings, judged on the same flakes: what axis_primary should be.
+    readings = result["axis_readings"]
+    assert set(readings) == {"cnn", "edges"}
+    assert readings["cnn"]["n"] == readings["edges"]["n"] > 0
+    assert all(r["lattice_mae_deg"] < 6.0 for r in readings.values()), readings
     assert main([*evaluate, "--db", str(d.db_path)]) == 0  # the table for people
     printed = capsys.readouterr().out
     assert "recall" in printed and "straight edges agree on" in printed
+    assert "cnn reading" in printed and "edges reading" in printed
     assert d.stop() == 0

@@ -28,7 +28,13 @@ from flakescan.training.axis_data import (
     split_by_basename,
 )
 from flakescan.training.axis_models import ContrastNorm, PhaseFeatures, build_model
-from flakescan.training.train_axis import augment_batch, cosine_loss, rotate_crop
+from flakescan.training.train_axis import (
+    augment_batch,
+    cosine_loss,
+    fade_contrast,
+    pixel_noise,
+    rotate_crop,
+)
 
 
 def _edge_image(theta_deg: float, px: int = 96) -> np.ndarray:
@@ -162,6 +168,33 @@ def test_augment_batch_labels_follow_the_images_mod_180():
     assert np.abs(circular_difference(labels, thetas, 180)).max() > 5  # it did move them
 
 
+def test_fade_scales_the_contrast_and_keeps_the_camera_noise():
+    """A thick crystal faded to 10 %: its contrast is a tenth, the wafer noise unchanged,
+    the edge still where it was."""
+    rng = np.random.default_rng(1)
+    img = np.full((96, 96, 3), 150.0) * (1 + rng.normal(0, 0.02, (96, 96, 3)))
+    img[30:70, 30:70] *= 0.5  # 50 % contrast
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    out = fade_contrast(img, 0.1, np.random.default_rng(2))
+    inside = 1 - np.median(out[35:65, 35:65], axis=(0, 1)) / np.median(out, axis=(0, 1))
+    assert inside == pytest.approx([0.05] * 3, abs=0.01)
+    assert pixel_noise(out) == pytest.approx(pixel_noise(img), rel=0.15)
+    wafer = np.clip(np.rint(150 + rng.normal(0, 3.0, (96, 96, 3))), 0, 255).astype(np.uint8)
+    assert pixel_noise(wafer) == pytest.approx(3.0, rel=0.1)
+    np.testing.assert_array_equal(fade_contrast(img, 1.0, rng), img)
+    with pytest.raises(ValueError, match="fade scale"):
+        fade_contrast(img, 0.0, rng)
+    # In a batch: every crop faded (fade=1), labels moved only by the geometry.
+    thetas = np.array([5.0, 17.0, 29.0])
+    images = np.stack([_edge_image(t) for t in thetas])
+    faded, labels = augment_batch(images, thetas, np.random.default_rng(0), 30.0, fade=1.0)
+    plain, same = augment_batch(images, thetas, np.random.default_rng(0), 30.0)
+    np.testing.assert_allclose(labels[0], same[0])
+    assert all(
+        np.ptp(f.astype(float)) < np.ptp(q.astype(float)) for f, q in zip(faded, plain, strict=True)
+    )
+
+
 def test_dihedral_views_agree_with_the_edge_histogram_estimator_mod_30():
     theta = 17.0
     img = _edge_image(theta, 64)[..., 0].astype(np.float32)
@@ -183,6 +216,44 @@ def test_phase_features_put_an_edge_at_its_axis_on_the_12_theta_circle(theta):
     assert circular_difference(got, theta, 30) == pytest.approx(0, abs=0.5)
     with pytest.raises(ValueError, match="180/modulus"):
         PhaseFeatures(40.0)
+
+
+def _faint_hexagon(theta_deg: float, rng: np.random.Generator) -> np.ndarray:
+    """A small monolayer-like crystal as an AxisID crop of it looks: a hexagon (radius 16
+    native px) at 6 % contrast, edges along theta + k 60 deg, area-sampled, blurred by the
+    optics (sigma 1.7 px), 1.2 % pixel noise, then box-resized from 56 to 96 px (small
+    crystals are cut by windows smaller than the network input); 8-bit RGB."""
+    n, sub = 56, 4
+    rows, cols = np.mgrid[0 : n * sub, 0 : n * sub] / sub + 0.5 / sub
+    inside = np.full(rows.shape, np.inf)
+    for k in range(6):
+        t = np.radians(theta_deg + 60 * k)
+        inside = np.minimum(inside, -(cols - n / 2) * np.sin(t) + (rows - n / 2) * np.cos(t) + 16)
+    cover = (inside > 0).reshape(n, sub, n, sub).mean(axis=(1, 3))
+    level = 1.0 - 0.06 * ndimage.gaussian_filter(cover, 1.7)
+    img = 150 * level[..., None] * (1 + rng.normal(0, 0.012, (n, n, 3)))
+    img = np.clip(np.rint(img), 0, 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(img).resize((96, 96), Image.Resampling.BOX))
+
+
+def test_wider_phase_scale_reads_a_faint_small_flake_better():
+    """What the front-end alone knows (its weighted mean phase): on faint small crystals the
+    1-px gradients are noise-dominated and the 2-px ones are not."""
+    rng = np.random.default_rng(0)
+    front = PhaseFeatures(30.0, (1.0, 2.0))
+    errors: dict[float, list[float]] = {1.0: [], 2.0: []}
+    for theta in np.linspace(0.5, 29.5, 12):
+        feats = front(torch.from_numpy(axis_input(_faint_hexagon(theta, rng))))[0]
+        assert feats.shape == (9, 96, 96)
+        for j, sigma in enumerate((1.0, 2.0)):
+            w = feats[5 + 3 * j]
+            re, im = float((feats[3 + 3 * j] * w).sum()), float((feats[4 + 3 * j] * w).sum())
+            got = np.degrees(np.arctan2(im, re)) / 12.0
+            errors[sigma].append(abs(float(circular_difference(got, theta, 30))))
+    assert np.mean(errors[2.0]) < 0.3 * np.mean(errors[1.0]), errors
+    assert np.mean(errors[2.0]) < 1.5, errors
+    with pytest.raises(ValueError, match="phase sigmas"):
+        PhaseFeatures(30.0, ())
 
 
 def test_contrast_norm_brings_a_faint_and_a_strong_flake_to_one_scale():

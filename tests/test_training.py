@@ -24,7 +24,9 @@ from flakescan.training.flake_dataset import (  # noqa: E402
     SOURCE_BACKGROUND,
     DatasetSpec,
     flake_classes,
+    flake_contrasts,
     generate_dataset,
+    labels_at_scale,
     load_dataset,
     save_dataset,
     tile_crops,
@@ -112,7 +114,8 @@ def test_labels_follow_ground_truth_on_a_known_chip() -> None:
     # 5 layers ~28 % -- class 3 only because flare lowers its ideal 33 % below 30 %.
     assert classes == {1: 1, 2: 2, 3: 0, 5: 3}
     renderer = FieldRenderer(chip, spec.imaging, PX, NA, seed=3)
-    crops = tile_crops(chip, renderer, classes, CENTRE, 0, spec, np.random.default_rng(0))
+    contrasts = flake_contrasts(chip, spec)
+    crops = tile_crops(chip, renderer, contrasts, CENTRE, 0, spec, np.random.default_rng(0))
     shape = (spec.imaging.height_px, spec.imaging.width_px)
 
     def near(obj_id: int, radius_px: float) -> list[np.ndarray]:
@@ -134,6 +137,51 @@ def test_labels_follow_ground_truth_on_a_known_chip() -> None:
     assert len(background) == 3
     assert all(not y.any() for y in background)
     assert all(x.shape == (3, 64, 64) for x in crops.x)
+    # Each candidate keeps the measured contrast of the flake that labels it.
+    by_flake = {
+        i: [r for cd, r in zip(crops.candidates, crops.flake_r, strict=False) if _at(cd, i)]
+        for i in (1, 2, 5)
+    }
+    for i, rows in by_flake.items():
+        assert rows == [[pytest.approx(contrasts[i])]], (i, rows)
+
+
+def _at(cand, obj_id: int, radius_px: float = 10) -> bool:
+    chip = _known_chip()
+    r, c = _stage_to_px(chip.objects[obj_id - 1].centroid_um, (768, 1024))
+    return math.hypot(cand.centroid_px[0] - r, cand.centroid_px[1] - c) < radius_px
+
+
+def test_scaled_contrast_moves_labels_across_the_bin_edges() -> None:
+    """A flare change scales every contrast: a crop's labels follow its flakes' contrasts."""
+    bins = DatasetSpec().preselection.class_bins  # 0 / 12 / 19 / 30 % in R
+    r = np.array([[0.066, np.nan], [0.127, np.nan], [0.285, np.nan], [0.127, 0.285], [np.nan] * 2])
+    at_1 = labels_at_scale(r, np.ones(5), bins)
+    assert at_1.tolist() == [[1, 0, 0, 1], [0, 1, 0, 1], [0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 0]]
+    # 12.7 % x 0.9 = 11.4 % is class 1; 28.5 % x 1.1 = 31.4 % is too thick for any class.
+    down = labels_at_scale(r, np.array([1.0, 0.9, 1.0, 0.9, 0.9]), bins)
+    assert down[1].tolist() == [1, 0, 0, 1] and down[3].tolist() == [1, 0, 1, 1]
+    up = labels_at_scale(r, np.array([1.1, 1.0, 1.1, 1.1, 1.1]), bins)
+    assert up[0].tolist() == [1, 0, 0, 1]  # 7.3 %: still a monolayer's class
+    assert up[2].tolist() == [0, 0, 0, 0] and up[3].tolist() == [0, 1, 0, 1]
+    assert not up[4].any()  # nothing to label stays nothing
+
+
+def test_relabel_keeps_background_crops_empty_above_their_floor() -> None:
+    """A background crop holding a 31 % flake (class 0) must not be scaled into class 3."""
+    relabel = train_classifier.Relabel(
+        flake_r=np.array([[np.nan], [0.2]]),
+        scale_floor=np.array([0.30 / 0.31, 0.0]),
+        bins=(0.0, 0.12, 0.19, 0.30),
+    )
+    idx = torch.tensor([0, 1] * 200)
+    scale, y = relabel.draw(idx, 0.2, torch.Generator().manual_seed(0))
+    bg, flake = scale[0::2].numpy(), scale[1::2].numpy()
+    assert (bg * 0.31 > 0.30).all() and not y[0::2].any()
+    assert flake.min() < 0.85 and flake.max() > 1.15  # the other crop uses the whole range
+    expected = labels_at_scale(np.full((200, 1), 0.2), flake.astype(np.float64), relabel.bins)
+    np.testing.assert_array_equal(y[1::2].numpy(), expected)
+    assert {0, 1} <= set(y[1::2, 1].tolist())  # 20 % x (0.8..1.2): class 2 and class 3 both
 
 
 def test_generated_set_has_positives_negatives_and_consistent_any(
@@ -145,6 +193,10 @@ def test_generated_set_has_positives_negatives_and_consistent_any(
     assert ds.seeds == [1, 2]
     assert 0 < ds.y[:, 3].sum() < len(ds), "need both positives and negatives"
     np.testing.assert_array_equal(ds.y[:, 3], ds.y[:, :3].max(axis=1))
+    # The kept flake contrasts reproduce every label (load_dataset checks it too).
+    assert ds.flake_r is not None and ds.scale_floor is not None
+    bins = ds.spec.preselection.class_bins
+    np.testing.assert_array_equal(labels_at_scale(ds.flake_r, np.ones(len(ds)), bins), ds.y)
     counts = ds.counts()
     assert counts["any"] + counts["negatives"] == counts["total"] == len(ds)
     assert counts["background_crops"] > 0
@@ -267,6 +319,60 @@ def test_bad_arguments_name_the_argument_and_value(
         train_classifier.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_contrast_scale_trains_and_is_recorded(
+    tiny_sets: tuple[Path, Path], tmp_path: Path
+) -> None:
+    train, val = tiny_sets
+    out = tmp_path / "cs.onnx"
+    argv = ["--data", str(train), "--val-data", str(val), "--epochs", "1", "--threads", "1"]
+    extra = ["--contrast-scale", "0.12", "--bin-features", "--out", str(out), "--quiet"]
+    assert train_classifier.main([*argv, *extra]) == 0
+    card = load_model_card(out)
+    assert card.training["config"]["contrast_scale"] == 0.12
+    assert card.training["config"]["bin_features"] is True
+    assert "--contrast-scale 0.12" in card.training["command"]
+    assert "--bin-features" in card.training["command"]
+    assert "ContrastBins" in card.architecture and "12/19/30 %" in card.architecture
+    # The front-end lives inside the ONNX file: the served input is still 3 channels.
+    assert card.input.shape == [None, 3, 64, 64]
+    assert card.metrics["onnxruntime_vs_torch_max_abs_diff"] < 1e-4
+
+
+def test_contrast_bins_step_the_red_contrast_at_each_edge() -> None:
+    from flakescan.training.cnn4 import ContrastBins
+
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, 0, :2] = 0.21  # a class-3 flake in the top half, wafer below
+    x[0, 1] = 0.5  # green is not looked at
+    out = ContrastBins((0.12, 0.19, 0.30))(x)
+    assert out.shape == (1, 6, 4, 4)
+    torch.testing.assert_close(out[:, :3], x)
+    flake, wafer = out[0, 3:, 0, 0], out[0, 3:, 3, 0]
+    assert flake[0] > 0.99 and flake[1] > 0.98 and flake[2] < 0.01
+    assert (wafer < 1e-6).all()
+    model = CNN4(bin_edges=(0.12, 0.19, 0.30)).eval()
+    assert model(torch.zeros(2, 3, 64, 64)).shape == (2, 4)
+    assert model.backbone(torch.zeros(2, 3, 64, 64)).shape == (2, 256)
+    with pytest.raises(ValueError, match="ascending"):
+        ContrastBins((0.3, 0.12))
+
+
+def test_contrast_scale_needs_the_flake_contrasts(
+    tiny_sets: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = _write_folder(tmp_path / "t", n=4)
+    argv = ["--data-dir", str(root), "--val-dir", str(root), "--contrast-scale", "0.1"]
+    with pytest.raises(SystemExit) as exc:
+        train_classifier.main([*argv, "--out", str(tmp_path / "m.onnx")])
+    assert exc.value.code == 2
+    assert "--contrast-scale 0.1" in capsys.readouterr().err
+    cfg = train_classifier.TrainConfig(epochs=1, batch_size=8, contrast_scale=0.1)
+    x = np.zeros((8, 3, 16, 16), np.float32)
+    y = np.tile(np.array([[1, 0, 0, 1], [0, 0, 0, 0]], np.uint8), (4, 1))
+    with pytest.raises(ValueError, match=r"contrast_scale 0\.1 needs each crop's flake contrasts"):
+        train_classifier.train(train_classifier.build_model(cfg), x, y, cfg, log=False)
 
 
 def test_heldout_chips_must_be_unseen(tiny_sets: tuple[Path, Path], tmp_path: Path) -> None:

@@ -9,6 +9,11 @@ else the preselection lets through (dust rims, residue, bulk edges, flakes beyon
 contrast) is a negative, and random bare-wafer crops teach the network that a crop may hold
 nothing at all.
 
+Each crop also keeps the measured R contrasts of the flakes that label it (`flake_r`), so
+training can change a crop's contrast scale -- what a change of flare does -- and recompute
+its labels from the scaled contrasts (`labels_at_scale`) instead of keeping labels the new
+contrast no longer earns.
+
 Generation is reproducible from the chip seeds alone; each chip is independent, so chips can
 be rendered in parallel processes without changing the result. No torch here: the data can be
 made on a machine without the training extras.
@@ -37,7 +42,7 @@ from flakescan.inference.preselection import Candidate, preselect
 from flakescan.simulators.chip import Chip, generate_chip
 from flakescan.simulators.conditions import draw_conditions
 from flakescan.simulators.config import ChipSpec, ImagingSpec, SimulatorConfig
-from flakescan.simulators.evaluate import measured_class
+from flakescan.simulators.evaluate import contrast_bin, measured_contrast
 from flakescan.simulators.optics import MATERIALS, StackOptics
 from flakescan.simulators.render import FieldRenderer
 
@@ -45,11 +50,13 @@ __all__ = [
     "CLASS_NAMES",
     "DatasetSpec",
     "FlakeDataset",
-    "candidate_label",
     "chip_crops",
     "flake_classes",
+    "flake_contrasts",
     "generate_dataset",
     "label_map",
+    "labelling_flakes",
+    "labels_at_scale",
     "load_dataset",
     "main",
     "save_dataset",
@@ -131,6 +138,12 @@ class FlakeDataset:
     preselection_class: np.ndarray  # (n,) int8: the candidate's contrast bin, -1 for background
     spec: DatasetSpec
     seeds: list[int]
+    # (n, k) float64: measured R contrast of each flake that labels the crop, NaN-padded; the
+    # labels are `labels_at_scale(flake_r, 1, bins)`. None for sets written before it existed.
+    flake_r: np.ndarray | None = None
+    # (n,) float64: contrast scales at or below this would bring a flake the crop holds but is
+    # not labelled by (a too-thick one in a background crop) into a class; 0 = no limit.
+    scale_floor: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.y)
@@ -147,19 +160,38 @@ class FlakeDataset:
         return {"seeds": list(self.seeds), "counts": self.counts(), "spec": self.spec.to_dict()}
 
 
-def flake_classes(chip: Chip, spec: DatasetSpec) -> dict[int, int]:
-    """Class (1-3, 0 outside the bins) of every thin flake, by its measured R contrast.
-
-    Measured contrast is the ideal stack contrast lowered by the camera's flare, which is
-    what the preselection sees on a rendered tile; the bins are the preselection's.
-    """
+def flake_contrasts(chip: Chip, spec: DatasetSpec) -> dict[int, float]:
+    """Measured R contrast of every thin flake: the ideal stack contrast lowered by the
+    camera's flare, which is what the preselection sees on a rendered tile."""
     optics = StackOptics(MATERIALS[chip.spec.material], chip.spec.oxide_nm, spec.numerical_aperture)
-    bins = spec.preselection.class_bins
     return {
-        obj.id: measured_class(obj, optics, spec.imaging.flare, bins)
+        obj.id: measured_contrast(obj, optics, spec.imaging.flare)
         for obj in chip.objects
         if obj.kind == "flake" and obj.layers is not None
     }
+
+
+def flake_classes(chip: Chip, spec: DatasetSpec) -> dict[int, int]:
+    """Class (1-3, 0 outside the bins) of every thin flake, by its measured R contrast in
+    the preselection's bins."""
+    bins = spec.preselection.class_bins
+    return {i: contrast_bin(r, bins) for i, r in flake_contrasts(chip, spec).items()}
+
+
+def labels_at_scale(flake_r: np.ndarray, scale: np.ndarray, bins: Sequence[float]) -> np.ndarray:
+    """(n, 4) uint8 targets of crops whose contrast is multiplied by `scale` (n,).
+
+    `flake_r` (n, k) holds the measured R contrasts of the flakes that label each crop
+    (NaN-padded); a flake gives class k when its scaled contrast falls in bin k, as
+    `contrast_bin` bins it. At scale 1 this is the label the crop was generated with.
+    """
+    r = np.asarray(flake_r, np.float64) * np.asarray(scale, np.float64)[:, None]
+    y = np.zeros((len(r), 4), np.uint8)
+    with np.errstate(invalid="ignore"):  # NaN padding compares False
+        for k in range(1, len(bins)):
+            y[:, k - 1] = ((r > bins[k - 1]) & (r <= bins[k])).any(axis=1)
+    y[:, 3] = y[:, :3].any(axis=1)
+    return y
 
 
 def label_map(
@@ -189,34 +221,33 @@ def label_map(
     return np.asarray(img, dtype=np.int32)
 
 
-def candidate_label(
+def labelling_flakes(
     cand: Candidate,
     labels: np.ndarray,
     pixel_counts: np.ndarray,
-    classes: dict[int, int],
+    thin_ids: Iterable[int],
     spec: DatasetSpec,
-) -> np.ndarray:
-    """(4,) uint8 multi-label target [class1, class2, class3, any] of one candidate.
+) -> list[int]:
+    """Ids of the thin flakes that label a candidate, whatever their class.
 
-    A class-k flake counts when it covers `min_candidate_share` of the candidate's pixels or
-    the candidate covers `min_flake_share` of the flake's pixels in this tile (a small flake
+    A flake counts when it covers `min_candidate_share` of the candidate's pixels or the
+    candidate covers `min_flake_share` of the flake's pixels in this tile (a small flake
     inside a candidate that the blur made larger than the flake).
     """
+    thin = set(thin_ids)
     r0, c0, r1, c1 = cand.bbox_px
     under = labels[r0:r1, c0:c1][cand.mask]
     ids, counts = np.unique(under, return_counts=True)
-    y = np.zeros(4, np.uint8)
     n = max(len(under), 1)
-    for value, count in zip(ids.tolist(), counts.tolist(), strict=True):
-        k = classes.get(value - 1, 0)
-        if k == 0:
-            continue
-        if count / n >= spec.min_candidate_share or (
-            count / pixel_counts[value] >= spec.min_flake_share
-        ):
-            y[k - 1] = 1
-    y[3] = y[:3].any()
-    return y
+    return [
+        value - 1
+        for value, count in zip(ids.tolist(), counts.tolist(), strict=True)
+        if value - 1 in thin
+        and (
+            count / n >= spec.min_candidate_share
+            or count / pixel_counts[value] >= spec.min_flake_share
+        )
+    ]
 
 
 def _tile_centres(
@@ -245,22 +276,30 @@ def _tile_centres(
 
 def _background_points(
     labels: np.ndarray,
-    classes: dict[int, int],
+    contrasts: dict[int, float],
+    bins: Sequence[float],
     side_px: int,
     n: int,
     rng: np.random.Generator,
     tries: int = 10,
-) -> list[tuple[float, float]]:
-    """Up to n random crop centres whose crop window holds no thin flake of classes 1-3."""
+) -> list[tuple[tuple[float, float], float]]:
+    """Up to n random crop centres whose crop window holds no thin flake of classes 1-3,
+    each with its scale floor: the contrast scale at which a too-thick flake in the window
+    would fall into the top bin (0 when the window holds none)."""
     h, w = labels.shape
-    positive_values = np.array([i + 1 for i, k in classes.items() if k > 0], dtype=np.int32)
-    out: list[tuple[float, float]] = []
+    positive_values = np.array(
+        [i + 1 for i, r in contrasts.items() if contrast_bin(r, bins) > 0], dtype=np.int32
+    )
+    out: list[tuple[tuple[float, float], float]] = []
     for _ in range(n):
         for _attempt in range(tries):
             r, c = float(rng.uniform(0, h - 1)), float(rng.uniform(0, w - 1))
             (r0, c0, r1, c1), _ = crop_window((r, c), side_px, (h, w))  # what the crop sees
-            if not np.isin(labels[r0:r1, c0:c1], positive_values).any():
-                out.append((r, c))
+            window = labels[r0:r1, c0:c1]
+            if not np.isin(window, positive_values).any():
+                present = [contrasts.get(v - 1) for v in np.unique(window).tolist()]
+                thick = [x for x in present if x is not None and x > bins[-1]]
+                out.append(((r, c), max((bins[-1] / x for x in thick), default=0.0)))
                 break
     return out
 
@@ -273,20 +312,36 @@ class TileCrops:
     y: list[np.ndarray] = field(default_factory=list)
     source: list[int] = field(default_factory=list)
     preselection_class: list[int] = field(default_factory=list)
+    flake_r: list[list[float]] = field(default_factory=list)  # contrasts of labelling flakes
+    scale_floor: list[float] = field(default_factory=list)
     candidates: list[Candidate] = field(default_factory=list)
     background: Background | None = None  # the tile's fitted wafer background
 
-    def add(self, x: np.ndarray, y: np.ndarray, source: int, pclass: int) -> None:
+    def add(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        source: int,
+        pclass: int,
+        flake_r: list[float],
+        scale_floor: float = 0.0,
+    ) -> None:
         self.x.append(x)
         self.y.append(y)
         self.source.append(source)
         self.preselection_class.append(pclass)
+        self.flake_r.append(flake_r)
+        self.scale_floor.append(scale_floor)
+
+    def extend(self, other: TileCrops) -> None:
+        for name in ("x", "y", "source", "preselection_class", "flake_r", "scale_floor"):
+            getattr(self, name).extend(getattr(other, name))
 
 
 def tile_crops(
     chip: Chip,
     renderer: FieldRenderer,
-    classes: dict[int, int],
+    contrasts: dict[int, float],
     centre_um: tuple[float, float],
     frame_index: int,
     spec: DatasetSpec,
@@ -295,8 +350,9 @@ def tile_crops(
 ) -> TileCrops:
     """Render one tile, preselect it as the daemon does, and label every candidate crop.
 
-    `wafer_colour` is the wafer colour learnt from earlier clean tiles of the chip, passed to
-    `preselect` exactly as the daemon's pipeline passes it.
+    `contrasts` are the chip's `flake_contrasts`. `wafer_colour` is the wafer colour learnt
+    from earlier clean tiles of the chip, passed to `preselect` exactly as the daemon's
+    pipeline passes it.
     """
     x_um, y_um = centre_um
     tile = renderer.render(x_um, y_um, frame_index=frame_index)
@@ -306,17 +362,28 @@ def tile_crops(
         return out  # the daemon crops nothing from a tile without enough bare wafer
     labels = label_map(chip, x_um, y_um, tile.shape[:2], spec.pixel_size_um)
     pixel_counts = np.bincount(labels.ravel())
+    bins = spec.preselection.class_bins
     for cand in result.candidates:
         out.candidates.append(cand)
+        r = [contrasts[i] for i in labelling_flakes(cand, labels, pixel_counts, contrasts, spec)]
         out.add(
             _crop(result.contrast, cand.centroid_px, spec),
-            candidate_label(cand, labels, pixel_counts, classes, spec),
+            labels_at_scale(np.array([r]), np.ones(1), bins)[0],
             SOURCE_CANDIDATE,
             cand.contrast_class,
+            r,
         )
     side_px = max(round(spec.crop_um / spec.pixel_size_um), 1)
-    for centre in _background_points(labels, classes, side_px, spec.background_crops_per_tile, rng):
-        out.add(_crop(result.contrast, centre, spec), np.zeros(4, np.uint8), SOURCE_BACKGROUND, -1)
+    n_bg = spec.background_crops_per_tile
+    for centre, floor in _background_points(labels, contrasts, bins, side_px, n_bg, rng):
+        out.add(
+            _crop(result.contrast, centre, spec),
+            np.zeros(4, np.uint8),
+            SOURCE_BACKGROUND,
+            -1,
+            [],
+            floor,
+        )
     return out
 
 
@@ -326,7 +393,7 @@ def chip_crops(seed: int, spec: DatasetSpec) -> dict[str, np.ndarray]:
         sim = draw_conditions(SimulatorConfig(chip=spec.chip, imaging=spec.imaging), seed)
         spec = replace(spec, chip=sim.chip, imaging=sim.imaging)
     chip = generate_chip(spec.chip, seed)
-    classes = flake_classes(chip, spec)
+    contrasts = flake_contrasts(chip, spec)
     renderer = FieldRenderer(
         chip, spec.imaging, spec.pixel_size_um, spec.numerical_aperture, seed=seed
     )
@@ -334,13 +401,10 @@ def chip_crops(seed: int, spec: DatasetSpec) -> dict[str, np.ndarray]:
     crops = TileCrops()
     wafer_colour: np.ndarray | None = None
     for frame, centre in enumerate(_tile_centres(chip, spec, rng)):
-        t = tile_crops(chip, renderer, classes, centre, frame, spec, rng, wafer_colour)
+        t = tile_crops(chip, renderer, contrasts, centre, frame, spec, rng, wafer_colour)
         if t.background is not None and t.background.fraction >= CLEAN_TILE_FRACTION:
             wafer_colour = t.background.colour
-        crops.x += t.x
-        crops.y += t.y
-        crops.source += t.source
-        crops.preselection_class += t.preselection_class
+        crops.extend(t)
     n = len(crops.y)
     px = spec.input_px
     return {
@@ -349,7 +413,17 @@ def chip_crops(seed: int, spec: DatasetSpec) -> dict[str, np.ndarray]:
         "chip_seed": np.full(n, seed, np.int64),
         "source": np.asarray(crops.source, np.uint8),
         "preselection_class": np.asarray(crops.preselection_class, np.int8),
+        "flake_r": _pad_rows(crops.flake_r),
+        "scale_floor": np.asarray(crops.scale_floor, np.float64),
     }
+
+
+def _pad_rows(rows: Sequence[Sequence[float]], width: int = 1) -> np.ndarray:
+    """Ragged rows -> (n, max(width, longest)) float64, NaN-padded."""
+    out = np.full((len(rows), max([width, *map(len, rows)])), np.nan)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out
 
 
 def _crop(contrast: np.ndarray, centre: tuple[float, float], spec: DatasetSpec) -> np.ndarray:
@@ -396,6 +470,7 @@ def generate_dataset(
         finally:
             if pool is not None:
                 pool.shutdown()
+    width = max(p["flake_r"].shape[1] for p in parts)
     return FlakeDataset(
         x=np.concatenate([p["x"] for p in parts]),
         y=np.concatenate([p["y"] for p in parts]),
@@ -404,7 +479,13 @@ def generate_dataset(
         preselection_class=np.concatenate([p["preselection_class"] for p in parts]),
         spec=spec,
         seeds=seeds,
+        flake_r=np.concatenate([_widen(p["flake_r"], width) for p in parts]),
+        scale_floor=np.concatenate([p["scale_floor"] for p in parts]),
     )
+
+
+def _widen(a: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(a, ((0, 0), (0, width - a.shape[1])), constant_values=np.nan)
 
 
 def _progress(enabled: bool) -> AbstractContextManager:
@@ -428,6 +509,9 @@ def save_dataset(ds: FlakeDataset, path: str | Path) -> Path:
         raise ValueError(f"dataset path must end in .npz, got {str(path)!r}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
+    extra = {}
+    if ds.flake_r is not None and ds.scale_floor is not None:
+        extra = {"flake_r": ds.flake_r, "scale_floor": ds.scale_floor}
     np.savez(
         tmp,
         x=ds.x,
@@ -436,6 +520,7 @@ def save_dataset(ds: FlakeDataset, path: str | Path) -> Path:
         source=ds.source,
         preselection_class=ds.preselection_class,
         metadata=np.array(json.dumps(ds.metadata())),
+        **extra,
     )
     tmp.replace(path)
     return path
@@ -451,7 +536,8 @@ def load_dataset(path: str | Path) -> FlakeDataset:
         if missing:
             raise ValueError(f"{path} is not a flake dataset: missing arrays {sorted(missing)}")
         meta = json.loads(str(z["metadata"]))
-        return FlakeDataset(
+        has_r = "flake_r" in z.files and "scale_floor" in z.files
+        ds = FlakeDataset(
             x=z["x"],
             y=z["y"],
             chip_seed=z["chip_seed"],
@@ -459,7 +545,18 @@ def load_dataset(path: str | Path) -> FlakeDataset:
             preselection_class=z["preselection_class"],
             spec=DatasetSpec.from_dict(meta["spec"]),
             seeds=[int(s) for s in meta["seeds"]],
+            flake_r=z["flake_r"] if has_r else None,
+            scale_floor=z["scale_floor"] if has_r else None,
         )
+    if ds.flake_r is not None:
+        again = labels_at_scale(ds.flake_r, np.ones(len(ds)), ds.spec.preselection.class_bins)
+        bad = np.flatnonzero((again != ds.y).any(axis=1))
+        if len(bad):
+            raise ValueError(
+                f"{path}: flake_r does not reproduce the labels of {len(bad)} crops "
+                f"(first: crop {int(bad[0])}); the file is damaged or mixes two sets"
+            )
+    return ds
 
 
 def seed_range(start: int, count: int) -> list[int]:

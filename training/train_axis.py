@@ -5,7 +5,10 @@ cosine loss of the unit-vector target (cos k theta, sin k theta), k = 360 / modu
 random 20 % of the crystals (whole crystals, so augmented copies of one never straddle the
 split) held out for validation; random quarter turns and flips during training with the
 label moved by `dihedral_angle`, optionally small arbitrary rotations (centre crop, so no
-undefined corners come in). Errors are circular differences modulo the modulus.
+undefined corners come in) and fading (`fade_contrast`: a crystal's contrast scaled down to
+that of a thin flake, its pixel noise kept -- an axis does not depend on thickness, and
+faint small flakes are where the CNN was weakest). Errors are circular differences modulo
+the modulus.
 
 The network input is `axis_input` (the serving transform); the exported ONNX file is checked
 against PyTorch in ONNX Runtime, then evaluated as served (`AxisModel`, 8 views) on the
@@ -66,6 +69,7 @@ __all__ = [
     "TrainConfig",
     "augment_batch",
     "cosine_loss",
+    "fade_contrast",
     "main",
     "rotate_crop",
     "train",
@@ -91,7 +95,10 @@ class TrainConfig:
     scheduler: str = "none"
     scheduler_params: dict = field(default_factory=dict)
     rotate_deg: float = 0.0
+    fade: float = 0.0  # share of training crops faded by `fade_contrast`
+    fade_min: float = 0.08  # lowest contrast scale of a faded crop (log-uniform up to 1)
     phase_features: bool = False
+    phase_sigmas: tuple[float, ...] = (1.0,)  # gradient scales of the phase front-end, px
     contrast_norm: bool = False
     seed: int = 0
     threads: int = 1
@@ -124,15 +131,41 @@ def rotate_crop(image: np.ndarray, phi_deg: float, out_px: int | None = None) ->
     return np.asarray(out)
 
 
+def pixel_noise(image: np.ndarray) -> float:
+    """Per-pixel noise of an 8-bit crop (mostly wafer): the robust spread of neighbouring
+    pixel differences in the green channel, / sqrt 2."""
+    d = np.diff(np.asarray(image[..., 1], np.float32), axis=1)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(2.0))
+
+
+def fade_contrast(image: np.ndarray, scale: float, rng: np.random.Generator) -> np.ndarray:
+    """The crop with every contrast against the wafer (its per-channel median) multiplied by
+    `scale` in (0, 1], as a thinner crystal of the same outline would show, and fresh noise
+    added so the pixel noise stays what the camera gave: the faint, noisy look of a
+    monolayer. (H, W, 3) uint8 -> uint8."""
+    if not 0 < scale <= 1:
+        raise ValueError(f"fade scale must be in (0, 1], got {scale}")
+    img = np.asarray(image, np.float32)
+    wafer = np.median(img.reshape(-1, 3), axis=0)
+    out = wafer + scale * (img - wafer)
+    sigma = pixel_noise(image) * math.sqrt(1.0 - scale * scale)
+    if sigma > 0:
+        out += rng.normal(0.0, sigma, out.shape).astype(np.float32)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
 def augment_batch(
     images: np.ndarray,
     angles: np.ndarray,
     rng: np.random.Generator,
     modulus: float,
     rotate_deg: float = 0.0,
+    fade: float = 0.0,
+    fade_min: float = 0.08,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Random small rotation (if `rotate_deg`), then one of the 8 square symmetries, with
-    each label moved as its image is."""
+    """Random small rotation (if `rotate_deg`), one of the 8 square symmetries, with each
+    label moved as its image is; then, for a `fade` share of the crops, `fade_contrast` by a
+    scale log-uniform in [fade_min, 1] (labels unchanged)."""
     out = np.empty_like(images)
     new = np.empty(len(images), dtype=np.float64)
     for i, (img, theta) in enumerate(zip(images, angles, strict=True)):
@@ -143,6 +176,9 @@ def augment_batch(
         k, flip = int(rng.integers(4)), bool(rng.integers(2))
         out[i] = dihedral_view(img, k, flip, axes=(0, 1))
         new[i] = dihedral_angle(theta, k, flip, modulus)
+        if fade > 0 and rng.random() < fade:
+            scale = math.exp(rng.uniform(math.log(fade_min), 0.0))
+            out[i] = fade_contrast(out[i], scale, rng)
     return out, np.mod(new, modulus)
 
 
@@ -185,7 +221,9 @@ def train(
     as seen in training mode; val: the plain validation crops)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_model(cfg.model, cfg.phase_features, cfg.modulus, cfg.contrast_norm)
+    model = build_model(
+        cfg.model, cfg.phase_features, cfg.modulus, cfg.contrast_norm, cfg.phase_sigmas
+    )
     opt = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas)
     )
@@ -202,7 +240,13 @@ def train(
             if len(idx) < 2:  # BatchNorm needs two samples
                 continue
             imgs, angs = augment_batch(
-                train_images[idx], train_angles[idx], rng, cfg.modulus, cfg.rotate_deg
+                train_images[idx],
+                train_angles[idx],
+                rng,
+                cfg.modulus,
+                cfg.rotate_deg,
+                cfg.fade,
+                cfg.fade_min,
             )
             x = torch.from_numpy(axis_input(imgs))
             target = torch.from_numpy(encode_angle(angs, cfg.modulus))
@@ -319,9 +363,27 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--rotate-deg", type=float, default=0.0, help="max random rotation (deg)")
     t.add_argument(
+        "--fade",
+        type=float,
+        default=0.0,
+        help="share of training crops whose contrast is scaled down, noise kept (see "
+        "fade_contrast)",
+    )
+    t.add_argument(
+        "--fade-min", type=float, default=0.08, help="lowest contrast scale of a faded crop"
+    )
+    t.add_argument(
         "--phase-features",
         action="store_true",
         help="feed the network fixed edge-phase channels as well (see axis_models)",
+    )
+    t.add_argument(
+        "--phase-sigmas",
+        type=float,
+        nargs="+",
+        default=[1.0],
+        metavar="PX",
+        help="gradient scales of the phase front-end (default 1; 1 2 reads faint flakes)",
     )
     t.add_argument(
         "--contrast-norm",
@@ -356,6 +418,12 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict:
         p.error(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
     if not 0 <= a.rotate_deg <= 45:
         p.error(f"--rotate-deg must be in 0..45, got {a.rotate_deg}")
+    if not all(0.3 <= s <= 8 for s in a.phase_sigmas):
+        p.error(f"--phase-sigmas must each be in 0.3..8 px, got {a.phase_sigmas}")
+    if not 0 <= a.fade <= 1:
+        p.error(f"--fade must be in 0..1, got {a.fade}")
+    if not 0.01 <= a.fade_min <= 1:
+        p.error(f"--fade-min must be in 0.01..1, got {a.fade_min}")
     if a.simulate_chips < 0 or a.test_chips < 0:
         p.error(
             f"--simulate-chips/--test-chips must be >= 0, got {a.simulate_chips}, {a.test_chips}"
@@ -485,7 +553,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         scheduler=a.scheduler,
         scheduler_params=sched_params,
         rotate_deg=a.rotate_deg,
+        fade=a.fade,
+        fade_min=a.fade_min,
         phase_features=a.phase_features,
+        phase_sigmas=tuple(a.phase_sigmas),
         contrast_norm=a.contrast_norm,
         seed=a.seed,
         threads=a.threads,
@@ -503,7 +574,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     card = ModelCard(
         name=out.stem,
         task=AXIS_TASK,
-        architecture=describe(a.model, a.phase_features, a.contrast_norm),
+        architecture=describe(a.model, a.phase_features, a.contrast_norm, a.phase_sigmas),
         parameters=sum(int(q.numel()) for q in model.parameters()),
         input=ModelInput(
             name="input", shape=[None, 3, a.input_px, a.input_px], representation=REPRESENTATION
@@ -539,9 +610,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     augmentation = "random quarter turns + row flips (dihedral_angle)"
     if a.rotate_deg:
         augmentation += f", rotations within +-{a.rotate_deg} deg (centre crop)"
-    augmentation = "random quarter turns + row flips (dihedral_angle)"
-    if a.rotate_deg:
-        augmentation += f", rotations within +-{a.rotate_deg} deg (centre crop)"
+    if a.fade:
+        augmentation += (
+            f", {a.fade:.0%} of crops faded to {a.fade_min:g}-1 x their contrast, noise kept"
+        )
     card = card.model_copy(
         update={
             "metrics": metrics,

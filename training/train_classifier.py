@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from flakescan.inference.model_card import ModelCard, ModelInput, ModelOutput, file_sha256
+from flakescan.simulators.datasets import CLASS_BINS
 
 from . import export as _export
 from .augment import AugmentConfig, augment
@@ -45,6 +46,7 @@ from .flake_dataset import (
     DatasetSpec,
     FlakeDataset,
     generate_dataset,
+    labels_at_scale,
     load_dataset,
     seed_range,
 )
@@ -52,6 +54,7 @@ from .resnet import ARCHS, Classifier, load_backbone_into, read_backbone, resnet
 from .schedules import cosine_schedule
 
 __all__ = [
+    "Relabel",
     "TrainConfig",
     "build_model",
     "evaluate",
@@ -70,6 +73,15 @@ ONNX_OPSET = _export.ONNX_OPSET
 ORT_TOLERANCE = _export.ORT_TOLERANCE
 
 Crops = FlakeDataset | CropSet
+# The GrapheneClassifier's bins of R contrast (<= 12 %, 12-19 %, 19-30 %): a folder's labels.
+DEFAULT_CLASS_BINS = CLASS_BINS
+
+
+def class_bins_of(ds: Crops) -> tuple[float, ...]:
+    """The bins a set was labelled with: a simulated set's preselection bins, else the seed's."""
+    if isinstance(ds, FlakeDataset):
+        return tuple(ds.spec.preselection.class_bins)
+    return DEFAULT_CLASS_BINS
 
 
 @dataclass(frozen=True)
@@ -103,6 +115,13 @@ class TrainConfig:
     crop_scale: float = 1.0
     blur_sigma: float = 0.0
     noise_std: float = 0.0
+    # Scale each crop's contrast by 1 +- contrast_scale, as a change of flare does, and
+    # recompute its labels from its flakes' scaled contrasts (simulated sets only: they keep
+    # each crop's flake contrasts). Unlike `jitter`, a crop never keeps a label its new
+    # contrast has left, and flakes of every contrast reach the bin edges.
+    contrast_scale: float = 0.0
+    # CNN-4 only: the fixed `ContrastBins` front-end at the class-bin edges of R contrast.
+    bin_features: bool = False
 
     def augment_config(self) -> AugmentConfig:
         return AugmentConfig(
@@ -131,6 +150,10 @@ class TrainConfig:
             raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
         if not self.width > 0:
             raise ValueError(f"width must be > 0, got {self.width}")
+        if self.bin_features and self.arch != "cnn4":
+            raise ValueError(f"bin_features needs arch 'cnn4', got {self.arch!r}")
+        if not 0 <= self.contrast_scale < 0.5:
+            raise ValueError(f"contrast_scale must be in [0, 0.5), got {self.contrast_scale}")
         self.augment_config()  # range checks of the augmentation settings
 
 
@@ -163,14 +186,22 @@ def pos_weights(y: np.ndarray, mode: str = "sqrt", cap: float = 20.0) -> np.ndar
     raise ValueError(f"pos_weight mode must be 'ratio', 'sqrt' or 'none', got {mode!r}")
 
 
-def build_model(cfg: TrainConfig, num_classes: int = len(CLASS_NAMES)) -> nn.Module:
+def build_model(
+    cfg: TrainConfig,
+    num_classes: int = len(CLASS_NAMES),
+    class_bins: Sequence[float] = DEFAULT_CLASS_BINS,
+) -> nn.Module:
     """The network of `cfg.arch`, freshly initialised from the torch seed as it stands.
 
-    Both kinds expose `.backbone` (-> feature vector) and `.head` (-> logits).
+    Both kinds expose `.backbone` (-> feature vector) and `.head` (-> logits). With
+    `cfg.bin_features` the CNN-4 steps its R contrast at the upper edges of `class_bins`.
     """
     if cfg.arch == "cnn4":
         channels = tuple(max(1, round(c * cfg.width)) for c in (32, 64, 128, 256))
-        return CNN4(num_classes=num_classes, dropout=cfg.dropout, channels=channels)
+        edges = tuple(class_bins[1:]) if cfg.bin_features else None
+        return CNN4(
+            num_classes=num_classes, dropout=cfg.dropout, channels=channels, bin_edges=edges
+        )
     backbone = resnet50_backbone(cfg.width, cfg.stem)  # type: ignore[arg-type]
     return Classifier.for_classes(backbone, num_classes, cfg.dropout)
 
@@ -182,6 +213,34 @@ def freeze_backbone(model: nn.Module) -> None:
     model.backbone.eval()
 
 
+@dataclass(frozen=True)
+class Relabel:
+    """What `contrast_scale` needs to recompute a crop's labels: the measured R contrasts of
+    its labelling flakes (n, k, NaN-padded), the lowest scale each crop allows, the bins."""
+
+    flake_r: np.ndarray
+    scale_floor: np.ndarray
+    bins: tuple[float, ...]
+
+    @classmethod
+    def of(cls, ds: Crops) -> Relabel | None:
+        if isinstance(ds, CropSet) or ds.flake_r is None or ds.scale_floor is None:
+            return None
+        return cls(ds.flake_r, ds.scale_floor, class_bins_of(ds))
+
+    def draw(
+        self, idx: torch.Tensor, amount: float, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-crop scales in 1 +- amount (never at or below a crop's floor), and the labels
+        the scaled crops carry."""
+        s = 1.0 + (torch.rand(len(idx), generator=gen, dtype=torch.float64) * 2 - 1) * amount
+        i = idx.numpy()
+        # float32, as applied to the crop; the labels come from that very number.
+        s = np.maximum(s.numpy(), self.scale_floor[i] * (1 + 1e-6)).astype(np.float32)
+        y = labels_at_scale(self.flake_r[i], s.astype(np.float64), self.bins)
+        return torch.from_numpy(s), torch.from_numpy(y.astype(np.float32))
+
+
 def train(
     model: nn.Module,
     x: np.ndarray,
@@ -189,8 +248,16 @@ def train(
     cfg: TrainConfig,
     *,
     log: bool = True,
+    relabel: Relabel | None = None,
 ) -> list[float]:
-    """Fit `model` in place; returns the mean training loss per epoch."""
+    """Fit `model` in place; returns the mean training loss per epoch.
+
+    `relabel` (from a simulated set) is needed by `cfg.contrast_scale`."""
+    if cfg.contrast_scale > 0 and relabel is None:
+        raise ValueError(
+            f"contrast_scale {cfg.contrast_scale} needs each crop's flake contrasts to move "
+            "its labels; a folder of crops (or a set written before they were kept) has none"
+        )
     gen = torch.Generator().manual_seed(cfg.seed)
     xt = torch.from_numpy(np.asarray(x, dtype=np.float32))
     yt = torch.from_numpy(np.asarray(y, dtype=np.float32))
@@ -219,9 +286,12 @@ def train(
             idx = order[i : i + cfg.batch_size]
             if len(idx) < 2:
                 continue  # BatchNorm needs two samples; at most one is dropped per epoch
-            xb = augment(xt[idx], aug, gen)
+            xb, yb = augment(xt[idx], aug, gen), yt[idx]
+            if cfg.contrast_scale > 0 and relabel is not None:
+                scale, yb = relabel.draw(idx, cfg.contrast_scale, gen)
+                xb = xb * scale[:, None, None, None]
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yt[idx])
+            loss = loss_fn(model(xb), yb)
             loss.backward()
             opt.step()
             sched.step()
@@ -387,6 +457,19 @@ def _parser() -> argparse.ArgumentParser:
     aug.add_argument("--offset-jitter", type=float, default=0.0, help="contrast offset")
     aug.add_argument("--blur-sigma", type=float, default=0.0, help="max Gaussian blur, px")
     aug.add_argument("--noise-std", type=float, default=0.0, help="additive noise")
+    p.add_argument(
+        "--bin-features",
+        action="store_true",
+        help="CNN-4 fed, besides the crop, a soft step of its R contrast at each class-bin "
+        "edge (fixed, inside the ONNX file)",
+    )
+    aug.add_argument(
+        "--contrast-scale",
+        type=float,
+        default=0.0,
+        help="scale each crop's contrast by 1 +- this (a flare change) and recompute its "
+        "labels from its flakes' scaled contrasts; simulated sets only",
+    )
     p.add_argument("--threshold", type=float, default=0.5, help="sigmoid threshold")
     p.add_argument(
         "--seed", type=int, default=d.seed, help="torch seed and first training chip seed"
@@ -413,6 +496,7 @@ _NEW_OPTIONS = {
     "offset_jitter": 0.0,
     "blur_sigma": 0.0,
     "noise_std": 0.0,
+    "contrast_scale": 0.0,
 }
 
 
@@ -445,6 +529,7 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         "--offset-jitter": (a.offset_jitter, 0, 0.2),
         "--blur-sigma": (a.blur_sigma, 0, 5),
         "--noise-std": (a.noise_std, 0, 0.2),
+        "--contrast-scale": (a.contrast_scale, 0, 0.49),
     }
     for name, (value, lo, hi) in ranges.items():
         if not lo <= value <= hi:
@@ -463,6 +548,16 @@ def _validate(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
             p.error(f"{name} folder not found: {path}")
     if a.freeze_backbone and a.backbone_weights is None:
         p.error("--freeze-backbone needs --backbone-weights (a frozen random backbone)")
+    if a.bin_features and a.arch != "cnn4":
+        p.error(f"--bin-features is a CNN-4 front-end; --arch is {a.arch}")
+    if a.bin_features and a.backbone_weights is not None:
+        p.error("--bin-features changes the CNN-4's input channels; a pre-trained backbone has 3")
+    if a.contrast_scale > 0 and a.data_dir is not None:
+        p.error(
+            f"--contrast-scale {a.contrast_scale} moves labels with each crop's flake "
+            f"contrasts, which only simulated sets keep; --data-dir {a.data_dir} has none "
+            "(use --jitter for a folder of crops)"
+        )
 
 
 def _canonical_command(a: argparse.Namespace) -> str:
@@ -486,6 +581,8 @@ def _canonical_command(a: argparse.Namespace) -> str:
             parts += ["--" + opt.replace("_", "-"), str(value)]
     if a.freeze_backbone:
         parts.append("--freeze-backbone")
+    if a.bin_features:
+        parts.append("--bin-features")
     if a.no_dihedral:
         parts.append("--no-dihedral")
     for opt in (
@@ -585,11 +682,17 @@ def _data_record(train_ds: Crops, val_ds: Crops) -> dict:
     return out
 
 
-def _architecture(cfg: TrainConfig) -> str:
+def _architecture(cfg: TrainConfig, class_bins: Sequence[float] = DEFAULT_CLASS_BINS) -> str:
     if cfg.arch == "cnn4":
+        front = ""
+        if cfg.bin_features:
+            edges = "/".join(f"{100 * e:g}" for e in class_bins[1:])
+            front = f", fed crop + fixed soft steps of R contrast at {edges} % (ContrastBins)"
         if cfg.width == 1.0:
-            return "CNN-4 (conv3x3-BN-ReLU-maxpool x4: 32/64/128/256, GAP, dropout, linear)"
-        return f"CNN-4 width {cfg.width:g} (conv3x3-BN-ReLU-maxpool x4, GAP, dropout, linear)"
+            return "CNN-4 (conv3x3-BN-ReLU-maxpool x4: 32/64/128/256, GAP, dropout, linear)" + front
+        return (
+            f"CNN-4 width {cfg.width:g} (conv3x3-BN-ReLU-maxpool x4, GAP, dropout, linear)" + front
+        )
     return (
         f"ResNet-50({cfg.width:g}X) (bottleneck 3-4-6-3, BN, {cfg.stem} stem, GAP, dropout, linear)"
     )
@@ -616,7 +719,7 @@ def train_and_export(
     input_px, crop_um = _geometry(train_ds)
     pw = pos_weights(train_ds.y, cfg.pos_weight, cfg.max_pos_weight)  # fail before training
     torch.manual_seed(cfg.seed)  # initial weights do not depend on how the data was obtained
-    model = build_model(cfg)
+    model = build_model(cfg, class_bins=class_bins_of(train_ds))
     pretrained: dict = {}
     if backbone_weights is not None:
         blob = read_backbone(backbone_weights)
@@ -627,7 +730,7 @@ def train_and_export(
             "backbone_pretraining": blob.get("extra", {}),
         }
     t_train = time.perf_counter()
-    history = train(model, train_ds.x, train_ds.y, cfg, log=log)
+    history = train(model, train_ds.x, train_ds.y, cfg, log=log, relabel=Relabel.of(train_ds))
     train_s = time.perf_counter() - t_train
     metrics = evaluate(model, val_ds, threshold)
 
@@ -639,7 +742,7 @@ def train_and_export(
     card = ModelCard(
         name=out.stem,
         task="flake-classifier",
-        architecture=_architecture(cfg),
+        architecture=_architecture(cfg, class_bins_of(train_ds)),
         parameters=sum(p.numel() for p in model.parameters()),
         input=ModelInput(
             name="input",
@@ -692,6 +795,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         train_ds, val_ds = _load_or_generate(a)
     except CropFolderError as exc:
         p.error(str(exc))
+    if a.contrast_scale > 0 and Relabel.of(train_ds) is None:
+        p.error(
+            f"--contrast-scale {a.contrast_scale}: --data {a.data} keeps no flake contrasts "
+            "(written before they were kept); generate it again"
+        )
     if not a.quiet:
         print(f"training crops {train_ds.counts()}")
         print(f"held-out crops {val_ds.counts()}")
@@ -716,6 +824,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         crop_scale=a.crop_scale,
         blur_sigma=a.blur_sigma,
         noise_std=a.noise_std,
+        contrast_scale=a.contrast_scale,
+        bin_features=a.bin_features,
     )
     provenance = {
         "command": _canonical_command(a),
