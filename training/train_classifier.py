@@ -7,14 +7,18 @@ saw, next to the baseline of the preselection's contrast bins alone.
 The ONNX file is checked against PyTorch in ONNX Runtime before its card is written, and the
 card records the command line that reproduces the file.
 
-    python -m flakescan.training.train_classifier --simulate-chips 40 --seed 1 --val-chips 10 \
-        --epochs 30 --workers 2 --out inference/models/flake_classifier_cnn4.onnx
+The shipped model (`inference/models/flake_classifier_cnn4.onnx`):
+
+    flakescan train classifier --simulate-chips 80 --seed 1 --val-chips 10 --val-seed 10001 \
+        --epochs 40 --jitter 0 --contrast-scale 0.12 --bin-features --threads 2 --workers 2 \
+        --out inference/models/flake_classifier_cnn4.onnx
 
 Data come from simulated chips (--simulate-chips / --data .npz) or from a lab's folder of
 labelled crops (--data-dir, see `crop_folder`); a SimCLR backbone from `clr` can be loaded
 (--backbone-weights) and frozen for linear evaluation (--freeze-backbone) or fine-tuned.
-Everything added after the shipped model (ResNet, folders, extra augmentations) is opt-in:
-the default command draws the same random numbers and writes the same bytes as before.
+Everything added after the first shipped model (ResNet, folders, extra augmentations,
+contrast-bin features, contrast-scale relabelling) is opt-in: with those options off the
+first model's command draws the same random numbers and writes the same bytes as before.
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ class TrainConfig:
     # rises, precision of rare classes falls; the square root halves that shift in log-odds.
     pos_weight: str = "sqrt"
     max_pos_weight: float = 20.0
-    # ---- added after the shipped model; the defaults leave its training untouched.
+    # ---- added after the first shipped model; the defaults leave its training untouched.
     arch: str = "cnn4"
     width: float = 1.0  # channel multiplier: ResNet-50(2X) of the seed is 2.0
     stem: str = "imagenet"  # ResNet stem: "imagenet" (7x7/2 + pool) or "small" (3x3/1)
@@ -481,8 +485,8 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-# Options added after the shipped model: spelled out in the card's command only when set,
-# so the shipped model's recorded command stays the command that reproduces it.
+# Options added after the first shipped model: spelled out in the card's command only when
+# set, so a card's recorded command stays the command that reproduces its model.
 _NEW_OPTIONS = {
     "arch": "cnn4",
     "width": 1.0,
