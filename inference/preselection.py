@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from flakescan.simulators.optics import contrast_class
+
 from .background import Background, estimate_background
 from .config import PreselectionConfig
 
@@ -42,14 +44,6 @@ class PreselectionResult:
     background: Background
     contrast: np.ndarray | None  # (h, w, c) float32 smoothed contrast; None if skipped
     skipped_reason: str | None = None
-
-
-def contrast_class(r_contrast: float, bins: tuple[float, ...]) -> int:
-    """GrapheneClassifier class (1..len(bins)-1) of an R contrast, 0 outside the bins."""
-    for k in range(1, len(bins)):
-        if bins[k - 1] < r_contrast <= bins[k]:
-            return k
-    return 0
 
 
 def _disk(radius: int) -> np.ndarray:

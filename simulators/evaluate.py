@@ -17,14 +17,13 @@ import numpy as np
 from shapely.geometry import Point
 
 from .chip import THIN_MAX_LAYERS, Chip, ChipObject
-from .optics import MATERIALS, StackOptics
+from .optics import MATERIALS, StackOptics, contrast_class
 from .shapes import edge_consensus_deg
 
 __all__ = [
     "ClassRow",
     "MatchReport",
     "ScanEvaluation",
-    "contrast_bin",
     "evaluate_scan",
     "match_hits",
     "measured_class",
@@ -227,14 +226,6 @@ def measured_contrast(obj: ChipObject, optics: StackOptics, flare: float) -> flo
     return float(optics.contrast(obj.layers or 0)[0]) / (1.0 + flare)
 
 
-def contrast_bin(r: float, bins: Sequence[float]) -> int:
-    """Class k of an R contrast, bins[k-1] < r <= bins[k]; 0 outside every bin."""
-    for k in range(1, len(bins)):
-        if bins[k - 1] < r <= bins[k]:
-            return k
-    return 0
-
-
 def measured_class(
     obj: ChipObject,
     optics: StackOptics,
@@ -242,7 +233,7 @@ def measured_class(
     bins: Sequence[float],
 ) -> int:
     """The contrast class a flake shows: its thin-film R contrast, lowered by flare, binned."""
-    return contrast_bin(measured_contrast(obj, optics, flare), bins)
+    return contrast_class(measured_contrast(obj, optics, flare), bins)
 
 
 def evaluate_scan(

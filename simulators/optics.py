@@ -17,6 +17,7 @@ MATERIALS and an oxide from OXIDE_PRESETS by name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 
@@ -31,6 +32,7 @@ __all__ = [
     "CameraResponse",
     "Material",
     "StackOptics",
+    "contrast_class",
     "refractive_index",
     "stack_optics",
 ]
@@ -327,3 +329,12 @@ def stack_optics(
         float(numerical_aperture),
         camera if camera is not None else CameraResponse(),
     )
+
+
+def contrast_class(r_contrast: float, bins: Sequence[float]) -> int:
+    """GrapheneClassifier class k of an R contrast, bins[k-1] < r <= bins[k]; 0 outside the
+    bins. One rule for the simulator's truth, the training labels and the preselection."""
+    for k in range(1, len(bins)):
+        if bins[k - 1] < r_contrast <= bins[k]:
+            return k
+    return 0

@@ -42,8 +42,8 @@ from flakescan.inference.preselection import Candidate, preselect
 from flakescan.simulators.chip import Chip, generate_chip
 from flakescan.simulators.conditions import draw_conditions
 from flakescan.simulators.config import ChipSpec, ImagingSpec, SimulatorConfig
-from flakescan.simulators.evaluate import contrast_bin, measured_contrast
-from flakescan.simulators.optics import MATERIALS, StackOptics
+from flakescan.simulators.evaluate import measured_contrast
+from flakescan.simulators.optics import MATERIALS, StackOptics, contrast_class
 from flakescan.simulators.render import FieldRenderer
 
 __all__ = [
@@ -175,7 +175,7 @@ def flake_classes(chip: Chip, spec: DatasetSpec) -> dict[int, int]:
     """Class (1-3, 0 outside the bins) of every thin flake, by its measured R contrast in
     the preselection's bins."""
     bins = spec.preselection.class_bins
-    return {i: contrast_bin(r, bins) for i, r in flake_contrasts(chip, spec).items()}
+    return {i: contrast_class(r, bins) for i, r in flake_contrasts(chip, spec).items()}
 
 
 def labels_at_scale(flake_r: np.ndarray, scale: np.ndarray, bins: Sequence[float]) -> np.ndarray:
@@ -183,7 +183,7 @@ def labels_at_scale(flake_r: np.ndarray, scale: np.ndarray, bins: Sequence[float
 
     `flake_r` (n, k) holds the measured R contrasts of the flakes that label each crop
     (NaN-padded); a flake gives class k when its scaled contrast falls in bin k, as
-    `contrast_bin` bins it. At scale 1 this is the label the crop was generated with.
+    `contrast_class` bins it. At scale 1 this is the label the crop was generated with.
     """
     r = np.asarray(flake_r, np.float64) * np.asarray(scale, np.float64)[:, None]
     y = np.zeros((len(r), 4), np.uint8)
@@ -288,7 +288,7 @@ def _background_points(
     would fall into the top bin (0 when the window holds none)."""
     h, w = labels.shape
     positive_values = np.array(
-        [i + 1 for i, r in contrasts.items() if contrast_bin(r, bins) > 0], dtype=np.int32
+        [i + 1 for i, r in contrasts.items() if contrast_class(r, bins) > 0], dtype=np.int32
     )
     out: list[tuple[tuple[float, float], float]] = []
     for _ in range(n):
