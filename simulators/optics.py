@@ -33,6 +33,7 @@ __all__ = [
     "Material",
     "StackOptics",
     "contrast_class",
+    "contrast_classes",
     "refractive_index",
     "stack_optics",
 ]
@@ -331,10 +332,18 @@ def stack_optics(
     )
 
 
+def contrast_classes(r_contrast: np.ndarray, bins: Sequence[float]) -> np.ndarray:
+    """GrapheneClassifier class k of each R contrast, bins[k-1] < r <= bins[k] (the lowest
+    such k); 0 outside the bins or for NaN. One rule for the simulator's truth, the training
+    labels and the preselection."""
+    r = np.asarray(r_contrast, np.float64)
+    out = np.zeros(r.shape, np.int8)
+    with np.errstate(invalid="ignore"):  # NaN compares False: class 0
+        for k in range(len(bins) - 1, 0, -1):  # descending, so the lowest k wins
+            out[(r > bins[k - 1]) & (r <= bins[k])] = k
+    return out
+
+
 def contrast_class(r_contrast: float, bins: Sequence[float]) -> int:
-    """GrapheneClassifier class k of an R contrast, bins[k-1] < r <= bins[k]; 0 outside the
-    bins. One rule for the simulator's truth, the training labels and the preselection."""
-    for k in range(1, len(bins)):
-        if bins[k - 1] < r_contrast <= bins[k]:
-            return k
-    return 0
+    """`contrast_classes` of one R contrast."""
+    return int(contrast_classes(np.asarray(r_contrast), bins))

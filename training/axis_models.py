@@ -150,6 +150,10 @@ def _gaussian_derivative_kernels(sigma: float) -> torch.Tensor:
     return torch.stack([dx, dx.T])[:, None].float()
 
 
+# Gradient scales `PhaseFeatures` accepts (px); `train axis --phase-sigmas` checks the same.
+PHASE_SIGMA_RANGE_PX = (0.3, 8.0)
+
+
 class PhaseFeatures(nn.Module):
     """Fixed (not learnt) front-end: the image plus, per pixel, its edge direction on the
     (360/modulus)-theta circle, where every lattice-aligned edge lands on the same phase.
@@ -172,8 +176,9 @@ class PhaseFeatures(nn.Module):
         power = 180.0 / modulus
         if abs(power - round(power)) > 1e-9 or round(power) < 1:
             raise ValueError(f"phase features need 180/modulus to be an integer, got {modulus}")
-        if not sigmas_px or any(not 0.3 <= s <= 8 for s in sigmas_px):
-            raise ValueError(f"phase sigmas must be 0.3-8 px each, got {list(sigmas_px)}")
+        lo, hi = PHASE_SIGMA_RANGE_PX
+        if not sigmas_px or any(not lo <= s <= hi for s in sigmas_px):
+            raise ValueError(f"phase sigmas must be {lo:g}-{hi:g} px each, got {list(sigmas_px)}")
         self.power = round(power)
         self.sigmas_px = tuple(float(s) for s in sigmas_px)
         for i, sigma in enumerate(self.sigmas_px):  # buffers: fixed, exported, not trained

@@ -25,7 +25,7 @@ import argparse
 import json
 import multiprocessing as mp
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
@@ -43,7 +43,7 @@ from flakescan.simulators.chip import Chip, generate_chip
 from flakescan.simulators.conditions import draw_conditions
 from flakescan.simulators.config import ChipSpec, ImagingSpec, SimulatorConfig
 from flakescan.simulators.evaluate import measured_contrast
-from flakescan.simulators.optics import MATERIALS, StackOptics, contrast_class
+from flakescan.simulators.optics import MATERIALS, StackOptics, contrast_class, contrast_classes
 from flakescan.simulators.render import FieldRenderer
 
 __all__ = [
@@ -186,10 +186,10 @@ def labels_at_scale(flake_r: np.ndarray, scale: np.ndarray, bins: Sequence[float
     `contrast_class` bins it. At scale 1 this is the label the crop was generated with.
     """
     r = np.asarray(flake_r, np.float64) * np.asarray(scale, np.float64)[:, None]
+    classes = contrast_classes(r, bins)  # NaN padding: class 0
     y = np.zeros((len(r), 4), np.uint8)
-    with np.errstate(invalid="ignore"):  # NaN padding compares False
-        for k in range(1, len(bins)):
-            y[:, k - 1] = ((r > bins[k - 1]) & (r <= bins[k])).any(axis=1)
+    for k in range(1, len(bins)):
+        y[:, k - 1] = (classes == k).any(axis=1)
     y[:, 3] = y[:, :3].any(axis=1)
     return y
 
@@ -225,7 +225,7 @@ def labelling_flakes(
     cand: Candidate,
     labels: np.ndarray,
     pixel_counts: np.ndarray,
-    thin_ids: Iterable[int],
+    thin_ids: Container[int],
     spec: DatasetSpec,
 ) -> list[int]:
     """Ids of the thin flakes that label a candidate, whatever their class.
@@ -234,7 +234,6 @@ def labelling_flakes(
     candidate covers `min_flake_share` of the flake's pixels in this tile (a small flake
     inside a candidate that the blur made larger than the flake).
     """
-    thin = set(thin_ids)
     r0, c0, r1, c1 = cand.bbox_px
     under = labels[r0:r1, c0:c1][cand.mask]
     ids, counts = np.unique(under, return_counts=True)
@@ -242,7 +241,7 @@ def labelling_flakes(
     return [
         value - 1
         for value, count in zip(ids.tolist(), counts.tolist(), strict=True)
-        if value - 1 in thin
+        if value - 1 in thin_ids
         and (
             count / n >= spec.min_candidate_share
             or count / pixel_counts[value] >= spec.min_flake_share

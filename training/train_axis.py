@@ -60,7 +60,7 @@ from .axis_data import (
     read_test_set,
     split_by_basename,
 )
-from .axis_models import MODEL_CHOICES, build_model, describe
+from .axis_models import MODEL_CHOICES, PHASE_SIGMA_RANGE_PX, build_model, describe
 from .cli_checks import require_at_least
 from .export import dataset_sha256, export_onnx, verify_onnx, write_card
 from .test_axis import error_stats, evaluate_test_set
@@ -418,8 +418,9 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> dict:
         p.error(f"--val-fraction must be in [0, 1), got {a.val_fraction}")
     if not 0 <= a.rotate_deg <= 45:
         p.error(f"--rotate-deg must be in 0..45, got {a.rotate_deg}")
-    if not all(0.3 <= s <= 8 for s in a.phase_sigmas):
-        p.error(f"--phase-sigmas must each be in 0.3..8 px, got {a.phase_sigmas}")
+    lo, hi = PHASE_SIGMA_RANGE_PX
+    if not all(lo <= s <= hi for s in a.phase_sigmas):
+        p.error(f"--phase-sigmas must each be in {lo:g}..{hi:g} px, got {a.phase_sigmas}")
     if not 0 <= a.fade <= 1:
         p.error(f"--fade must be in 0..1, got {a.fade}")
     if not 0.01 <= a.fade_min <= 1:
