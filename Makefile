@@ -20,9 +20,10 @@ $(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
-# Tests also train and export models: torch 2.13.0 (CPU build), pytest, ruff, MM demo adapters.
+# Tests also train and export models: torch 2.13.0 (CPU build), pytest, ruff, MM demo adapters,
+# and the diffraction simulators (pymatgen, Dans_Diffraction, abTEM).
 $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,train]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,train,diffraction]'
 	touch $@ $(VENV)/.runtime-installed
 
 demo: $(VENV)/.runtime-installed

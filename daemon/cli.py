@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
+from .analyze import ANALYSES
 from .config import ConfigError, ServiceConfig, load_config, resolve_state_dir
 from .tools import cmd_evaluate, cmd_evaluate_images, cmd_sim_truth, cmd_simulate
 
@@ -301,6 +302,7 @@ _TRAINERS = {
     "classifier": "flakescan.training.train_classifier",
     "clr": "flakescan.training.clr",
     "axis": "flakescan.training.train_axis",
+    "xrd": "flakescan.training.train_xrd",
 }
 _TESTERS = {"axis": "flakescan.training.test_axis"}
 
@@ -334,6 +336,28 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_evaluate_model(args: argparse.Namespace) -> int:
     """Evaluate ONNX models on labelled sets: metrics across thresholds, plots, a report."""
     return _run_training_module("flakescan.training.evaluate_model", args.eval_args)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Analyse diffraction data with a served model: powder-XRD phase identification with
+    anomaly detection. Prints JSON; --plot-dir writes a validation picture per file."""
+    from flakescan.inference.backends import BackendUnavailable
+    from flakescan.inference.registry import ModelNotFound
+
+    from .analyze import run_analysis
+
+    try:
+        print(run_analysis(args, _config(args)))
+    except ModelNotFound as exc:
+        _err(str(exc))
+        return EXIT_USAGE
+    except BackendUnavailable as exc:
+        _err(f"backend unavailable: {exc}")
+        return EXIT_FAIL
+    except ImportError as exc:
+        _err(f"analysis needs the diffraction extra: pip install 'flakescan[diffraction]' ({exc})")
+        return EXIT_FAIL
+    return EXIT_OK
 
 
 # -- parser -------------------------------------------------------------------------------
@@ -403,12 +427,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("simulate", cmd_simulate)
     sp.add_argument(
         "what",
-        choices=["chip", "classifier-set", "axis-set"],
-        help="a chip (mosaic, truth, preview) or a training set in a seed's file convention",
+        choices=["chip", "classifier-set", "axis-set", "xrd"],
+        help="a chip (mosaic, truth, preview), a training set in a seed's file convention, or "
+        "powder XRD patterns (.xy)",
     )
     sp.add_argument("--seed", type=int, required=True, help="chip seed (sets: the first)")
     sp.add_argument("--out", type=Path, required=True, help="output folder")
-    sp.add_argument("--chips", type=int, default=1, help="sets: how many chips")
+    sp.add_argument("--chips", type=int, default=1, help="sets: how many chips; xrd: patterns")
+    sp.add_argument("--phase", action="append", help="xrd: a phase (repeat for a mixture)")
     sp.add_argument("--test-chips", type=int, default=0, help="axis-set: chips for test/")
     sp.add_argument(
         "--label",
@@ -456,6 +482,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("test", cmd_test)
     sp.add_argument("model", choices=sorted(_TESTERS))
     sp.add_argument("test_args", nargs=argparse.REMAINDER, help="arguments of the tester")
+
+    sp = add("analyze", cmd_analyze)
+    sp.add_argument("kind", choices=ANALYSES, help="what the files hold")
+    sp.add_argument("files", nargs="+", type=Path, help="measured files (.xy, .xye, .csv ...)")
+    sp.add_argument("--model", help="model name in the registry, or a .onnx path")
+    sp.add_argument("--plot-dir", type=Path, help="write <file>.<kind>.png pictures here")
 
     sp = add("evaluate-model", cmd_evaluate_model, add_help=False)
     sp.add_argument("eval_args", nargs=argparse.REMAINDER, help="arguments of the evaluator")

@@ -43,14 +43,39 @@ def cmd_sim_truth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_xrd(args: argparse.Namespace) -> int:
+    """Powder patterns of the named phases (several: one mixture) as .xy files."""
+    import numpy as np
+
+    from flakescan.simulators.xrd_dataset import phase_by_name, write_xy
+    from flakescan.simulators.xrd_pattern import simulate_pattern
+
+    if not args.phase:
+        raise ValueError("simulate xrd needs --phase NAME (repeat it for a mixture)")
+    phases = [phase_by_name(n) for n in args.phase]
+    weights = [1.0] + [0.5] * (len(phases) - 1)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "+".join(p.name for p in phases)
+    for seed in range(args.seed, args.seed + args.chips):
+        counts = simulate_pattern(np.random.default_rng(seed), phases, weights)
+        path = args.out / f"{stem}-{seed}.xy"
+        header = f"simulated by flakescan: {stem}, seed {seed}\n2theta_deg counts (Cu K-alpha)"
+        write_xy(path, counts, header)
+        print(path)
+    return 0
+
+
 def cmd_simulate(args: argparse.Namespace) -> int:
-    """Simulate a chip (mosaic, ground truth, preview) or a training set from chips."""
+    """Simulate a chip (mosaic, ground truth, preview), a training set from chips, or powder
+    XRD patterns (.xy files)."""
     if args.chips < 1 or args.test_chips < 0:
         raise ValueError(
             f"--chips must be >= 1 and --test-chips >= 0, got {args.chips}, {args.test_chips}"
         )
     if args.what == "chip":
         return _simulate_chip(args)
+    if args.what == "xrd":
+        return _simulate_xrd(args)
     from flakescan.simulators.datasets import (
         ClassifierSetSpec,
         write_axis_set,

@@ -23,6 +23,8 @@ class ModelInput(BaseModel):
     shape: list[int | None]  # None: dynamic (batch)
     representation: str
     crop_um: float | None = Field(None, gt=0)
+    # 1-D diffraction patterns: the 2-theta grid (start deg, step deg, points) the model reads
+    two_theta_deg: tuple[float, float, int] | None = None
 
 
 class ModelOutput(BaseModel):
