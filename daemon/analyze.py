@@ -17,7 +17,7 @@ from .config import ServiceConfig
 
 __all__ = ["ANALYSES", "DEFAULT_MODELS", "run_analysis"]
 
-DEFAULT_MODELS = {"xrd": "xrd_cnn1d"}
+DEFAULT_MODELS = {"xrd": "xrd_cnn1d", "pacbed": "pacbed_srtio3_20mrad"}
 ANALYSES = tuple(DEFAULT_MODELS)
 
 
@@ -49,7 +49,26 @@ def _model_doc(entry, backend) -> dict:
     return {"name": entry.name, "sha256": entry.card.onnx_sha256, **backend.describe()}
 
 
-_RUNNERS = {"xrd": _analyze_xrd}
+def _analyze_pacbed(args: argparse.Namespace, cfg: ServiceConfig) -> tuple[dict, list[dict]]:
+    from flakescan.inference.pacbed import (
+        PACBED_TASK,
+        PacbedAnalyzer,
+        analyze_pacbed,
+        read_pacbed_files,
+    )
+    from flakescan.inference.registry import open_model
+
+    shape = tuple(args.shape) if args.shape else None
+    patterns = read_pacbed_files(args.files, dtype=args.dtype, shape=shape)
+    entry, backend = open_model(cfg.models, args.model or DEFAULT_MODELS["pacbed"], PACBED_TASK)
+    analyzer = PacbedAnalyzer(entry, backend, library=args.library)
+    results = analyze_pacbed(
+        patterns, analyzer, conv_angle_mrad=args.conv_angle_mrad, plot_dir=args.plot_dir
+    )
+    return _model_doc(entry, backend), results
+
+
+_RUNNERS = {"xrd": _analyze_xrd, "pacbed": _analyze_pacbed}
 
 
 def run_analysis(args: argparse.Namespace, cfg: ServiceConfig) -> str:

@@ -303,12 +303,14 @@ _TRAINERS = {
     "clr": "flakescan.training.clr",
     "axis": "flakescan.training.train_axis",
     "xrd": "flakescan.training.train_xrd",
+    "pacbed": "flakescan.training.train_pacbed",
 }
 _TESTERS = {"axis": "flakescan.training.test_axis"}
 
 
 def _run_training_module(module: str, argv: list[str]) -> int:
-    """Import a training entry point lazily: torch is only in the `train` extra."""
+    """Import a training or simulation entry point lazily: torch is only in the `train`
+    extra, the diffraction simulators only in `diffraction`."""
     import importlib
 
     try:
@@ -317,7 +319,10 @@ def _run_training_module(module: str, argv: list[str]) -> int:
         if exc.name == module:
             _err(f"{module} is not part of this flakescan installation")
         else:
-            _err(f"training needs torch: pip install 'flakescan[train]' ({exc})")
+            _err(
+                f"{module} needs {exc.name}, which is not installed: "
+                f"pip install 'flakescan[train,diffraction]' ({exc})"
+            )
         return EXIT_FAIL
     return int(entry(argv) or 0)
 
@@ -338,9 +343,16 @@ def cmd_evaluate_model(args: argparse.Namespace) -> int:
     return _run_training_module("flakescan.training.evaluate_model", args.eval_args)
 
 
+def cmd_pacbed_library(args: argparse.Namespace) -> int:
+    """Simulate a PACBED library on abTEM (resumable; hours on one core; needs the
+    diffraction extra). `flakescan pacbed-library --help` lists the options."""
+    return _run_training_module("flakescan.simulators.pacbed_cli", args.library_args)
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse diffraction data with a served model: powder-XRD phase identification with
-    anomaly detection. Prints JSON; --plot-dir writes a validation picture per file."""
+    anomaly detection, PACBED thickness and mistilt. Prints JSON; --plot-dir writes a
+    validation picture per file."""
     from flakescan.inference.backends import BackendUnavailable
     from flakescan.inference.registry import ModelNotFound
 
@@ -488,6 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("files", nargs="+", type=Path, help="measured files (.xy, .xye, .csv ...)")
     sp.add_argument("--model", help="model name in the registry, or a .onnx path")
     sp.add_argument("--plot-dir", type=Path, help="write <file>.<kind>.png pictures here")
+    sp.add_argument("--conv-angle-mrad", type=float, help="pacbed: the probe's convergence angle")
+    sp.add_argument("--library", type=Path, help="pacbed: a library, for the best-match picture")
+    sp.add_argument("--dtype", help="pacbed, raw files: numpy dtype, e.g. '<u2'")
+    sp.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="raw files")
+
+    sp = add("pacbed-library", cmd_pacbed_library, add_help=False)
+    sp.add_argument("library_args", nargs=argparse.REMAINDER, help="arguments of the generator")
 
     sp = add("evaluate-model", cmd_evaluate_model, add_help=False)
     sp.add_argument("eval_args", nargs=argparse.REMAINDER, help="arguments of the evaluator")
@@ -500,6 +519,7 @@ _PASS_THROUGH = {
     "train": ("train_args", 2),
     "test": ("test_args", 2),
     "evaluate-model": ("eval_args", 1),
+    "pacbed-library": ("library_args", 1),
 }
 _TOP_LEVEL_VALUE_OPTIONS = {"--log-level"}
 

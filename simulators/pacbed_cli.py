@@ -21,7 +21,11 @@ __all__ = ["main"]
 
 def _parser() -> argparse.ArgumentParser:
     systems = ", ".join(f"{s.id}={s.name}" for s in SYSTEMS.values())
-    p = argparse.ArgumentParser(description="Simulate a PACBED library (abTEM multislice).")
+    p = argparse.ArgumentParser(
+        prog="flakescan pacbed-library",
+        description="Simulate a PACBED library (abTEM multislice).",
+        fromfile_prefix_chars="@",
+    )
     p.add_argument("--system", required=True, help=f"system ID or name ({systems})")
     p.add_argument("--root", type=Path, required=True, help="library root (holds Register.csv)")
     p.add_argument("--folder", help="library folder name (default from system, kV, mrad)")
