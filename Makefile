@@ -39,6 +39,7 @@ lint: $(VENV)/.dev-installed
 bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/bench_tile.py
 	$(BIN)/python bench/bench_classifier.py
+	$(BIN)/python bench/bench_analysis.py
 
 clean-demo:
 	rm -rf $(DEMO_STATE)
