@@ -298,7 +298,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         scored, a.out, torch.from_numpy(x[:2]), input_name="input", output_name=OUTPUT_NAME
     )
     # The novelty column is a distance in the tens to thousands: float32 rounding is relative.
-    max_diff = verify_onnx(scored, a.out, xv[:32], output_name=OUTPUT_NAME, relative_tolerance=1e-4)
+    # The GAF model sums over a 500 x 500 image, where ONNX Runtime's and PyTorch's float32
+    # convolutions differ by up to 5e-4 in a logit (measured): 1e-3 moves a probability by
+    # less than 0.1 %, far below any decision here.
+    max_diff = verify_onnx(
+        scored,
+        a.out,
+        xv[:32],
+        output_name=OUTPUT_NAME,
+        tolerance=1e-3 if a.arch == "gaf" else 1e-4,
+        relative_tolerance=1e-4,
+    )
     card = ModelCard(
         name=a.out.stem,
         task=XRD_TASK,
