@@ -17,7 +17,7 @@ from .config import ServiceConfig
 
 __all__ = ["ANALYSES", "DEFAULT_MODELS", "run_analysis"]
 
-DEFAULT_MODELS = {"xrd": "xrd_cnn1d", "pacbed": "pacbed_srtio3_20mrad"}
+DEFAULT_MODELS = {"xrd": "xrd_cnn1d", "pacbed": "pacbed_srtio3_20mrad", "phase": "phase_unet"}
 ANALYSES = tuple(DEFAULT_MODELS)
 
 
@@ -68,7 +68,30 @@ def _analyze_pacbed(args: argparse.Namespace, cfg: ServiceConfig) -> tuple[dict,
     return _model_doc(entry, backend), results
 
 
-_RUNNERS = {"xrd": _analyze_xrd, "pacbed": _analyze_pacbed}
+def _analyze_phase(args: argparse.Namespace, cfg: ServiceConfig) -> tuple[dict, list[dict]]:
+    from flakescan.inference.phase_retrieval import (
+        PHASE_TASK,
+        PhaseModel,
+        analyze_reflections,
+        read_reflections,
+    )
+    from flakescan.inference.registry import open_model
+
+    reflections = [read_reflections(f) for f in args.files]
+    entry, backend = open_model(cfg.models, args.model or DEFAULT_MODELS["phase"], PHASE_TASK)
+    model = PhaseModel(backend, entry.card)
+    results = []
+    for path, refl in zip(args.files, reflections, strict=True):
+        picture = _picture_path(args.plot_dir, str(path), "phase")
+        doc = analyze_reflections(refl, model, picture)
+        doc.setdefault("source", str(path))
+        if picture is not None:
+            doc["picture"] = str(picture)
+        results.append(doc)
+    return _model_doc(entry, backend), results
+
+
+_RUNNERS = {"xrd": _analyze_xrd, "pacbed": _analyze_pacbed, "phase": _analyze_phase}
 
 
 def run_analysis(args: argparse.Namespace, cfg: ServiceConfig) -> str:

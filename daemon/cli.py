@@ -304,6 +304,7 @@ _TRAINERS = {
     "axis": "flakescan.training.train_axis",
     "xrd": "flakescan.training.train_xrd",
     "pacbed": "flakescan.training.train_pacbed",
+    "phase": "flakescan.training.train_phase",
 }
 _TESTERS = {"axis": "flakescan.training.test_axis"}
 
@@ -351,8 +352,8 @@ def cmd_pacbed_library(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse diffraction data with a served model: powder-XRD phase identification with
-    anomaly detection, PACBED thickness and mistilt. Prints JSON; --plot-dir writes a
-    validation picture per file."""
+    anomaly detection, PACBED thickness and mistilt, structure-factor phases and the charge
+    density. Prints JSON; --plot-dir writes a validation picture per file."""
     from flakescan.inference.backends import BackendUnavailable
     from flakescan.inference.registry import ModelNotFound
 
@@ -497,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("analyze", cmd_analyze)
     sp.add_argument("kind", choices=ANALYSES, help="what the files hold")
-    sp.add_argument("files", nargs="+", type=Path, help="measured files (.xy, .xye, .csv ...)")
+    sp.add_argument(
+        "files", nargs="+", type=Path, help="measured files (.xy/.csv, .npy/.tif/.dm4, .hkl)"
+    )
     sp.add_argument("--model", help="model name in the registry, or a .onnx path")
     sp.add_argument("--plot-dir", type=Path, help="write <file>.<kind>.png pictures here")
     sp.add_argument("--conv-angle-mrad", type=float, help="pacbed: the probe's convergence angle")
