@@ -19,6 +19,7 @@ from .pacbed_library import PacbedLibrary
 
 __all__ = [
     "AugmentSpec",
+    "apply_microscope",
     "blur",
     "draw_training_pattern",
     "pattern_at_tilt",
@@ -122,6 +123,23 @@ class AugmentSpec(BaseModel):
     dose: tuple[float, float] | None = (1e5, 1e8)  # electrons per pattern; None: no noise
 
 
+def apply_microscope(
+    pattern: np.ndarray, rng: np.random.Generator, spec: AugmentSpec
+) -> tuple[np.ndarray, float, float]:
+    """What the microscope adds to a library pattern, drawn from `spec` in its order: camera
+    length, detector rotation and centre offset, blur, shot noise; normalised to max 1.
+    Returns (float32 pattern, scale, rotation in deg)."""
+    scale = float(rng.uniform(*spec.scale))
+    rotation = float(rng.uniform(0.0, 360.0)) if spec.rotate else 0.0
+    shift = rng.uniform(-spec.max_shift_px, spec.max_shift_px, size=2)
+    p = transform(pattern, scale, rotation, (float(shift[0]), float(shift[1])))
+    p = blur(p, float(rng.uniform(*spec.blur_px)))
+    if spec.dose is not None:
+        lo, hi = np.log(spec.dose[0]), np.log(spec.dose[1])
+        p = poisson_noise(np.clip(p, 0, None), float(np.exp(rng.uniform(lo, hi))), rng)
+    return (p / max(float(p.max()), 1e-12)).astype(np.float32), scale, rotation
+
+
 def draw_training_pattern(
     lib: PacbedLibrary, rng: np.random.Generator, spec: AugmentSpec | None = None
 ) -> tuple[np.ndarray, dict[str, float]]:
@@ -140,15 +158,7 @@ def draw_training_pattern(
         mx, my = round(mx / step) * step, round(my / step) * step
         magnitude = math.hypot(mx, my)
         azimuth = math.degrees(math.atan2(my, mx)) % 360.0
-    scale = float(rng.uniform(*spec.scale))
-    rotation = float(rng.uniform(0.0, 360.0)) if spec.rotate else 0.0
-    shift = rng.uniform(-spec.max_shift_px, spec.max_shift_px, size=2)
-    p = transform(p, scale, rotation, (float(shift[0]), float(shift[1])))
-    p = blur(p, float(rng.uniform(*spec.blur_px)))
-    if spec.dose is not None:
-        lo, hi = np.log(spec.dose[0]), np.log(spec.dose[1])
-        p = poisson_noise(np.clip(p, 0, None), float(np.exp(rng.uniform(lo, hi))), rng)
-    p = p / max(float(p.max()), 1e-12)
+    p, scale, rotation = apply_microscope(p, rng, spec)
     labels = {
         "thickness": float(lib.thickness_a[i]),
         "mistilt": magnitude,
@@ -156,4 +166,4 @@ def draw_training_pattern(
         "scale": scale,
         "conv_angle": lib.conv_angle_mrad,
     }
-    return p.astype(np.float32), labels
+    return p, labels

@@ -30,11 +30,9 @@ import numpy as np
 from flakescan.inference.pacbed_preprocess import PreprocessConfig, preprocess_pattern
 from flakescan.simulators.pacbed_augment import (
     AugmentSpec,
-    blur,
+    apply_microscope,
     pattern_at_tilt,
-    poisson_noise,
     random_tilt,
-    transform,
 )
 from flakescan.simulators.pacbed_library import PacbedLibrary
 from flakescan.simulators.pacbed_symmetry import group_ops, map_tilt
@@ -194,16 +192,8 @@ class PacbedSampler:
 
     # -- patterns --------------------------------------------------------------------------
     def _augment(self, p: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
-        spec = self.augment
-        scale = float(rng.uniform(*spec.scale))
-        rotation = float(rng.uniform(0.0, 360.0)) if spec.rotate else 0.0
-        shift = rng.uniform(-spec.max_shift_px, spec.max_shift_px, size=2)
-        p = transform(p, scale, rotation, (float(shift[0]), float(shift[1])))
-        p = blur(p, float(rng.uniform(*spec.blur_px)))
-        if spec.dose is not None:
-            lo, hi = np.log(spec.dose[0]), np.log(spec.dose[1])
-            p = poisson_noise(np.clip(p, 0, None), float(np.exp(rng.uniform(lo, hi))), rng)
-        return (p / max(float(p.max()), 1e-12)).astype(np.float32), scale
+        pattern, scale, _rotation = apply_microscope(p, rng, self.augment)
+        return pattern, scale
 
     def raw(self, rng: np.random.Generator, heldout: bool = False, exact_tilts: bool = False):
         """One augmented pattern in the library's frame and its labels.
