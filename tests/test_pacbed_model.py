@@ -8,6 +8,8 @@ to 32 px. Nothing here measures accuracy; it checks that the pieces fit and fail
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -60,13 +62,9 @@ def tiny(tmp_path_factory) -> PacbedLibrary:
     return PacbedLibrary(simulate_library(SPEC, root, progress=False))
 
 
-@pytest.fixture(scope="module")
-def trained(tiny, tmp_path_factory):
-    """The trainer's command line end to end, at toy size: (model path, its card)."""
-    out = tmp_path_factory.mktemp("pacbed-model") / "tiny_pacbed.onnx"
-    argv = [
-        "--library",
-        str(tiny.folder),
+def _toy_training_args(out: Path) -> list[str]:
+    """The trainer's options at toy size (add --library ...)."""
+    return [
         "--out",
         str(out),
         "--size",
@@ -98,6 +96,13 @@ def trained(tiny, tmp_path_factory):
         "--thickness-step-nm",
         "0.5",
     ]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """The trainer's command line end to end, at toy size: (model path, its card)."""
+    out = tmp_path_factory.mktemp("pacbed-model") / "tiny_pacbed.onnx"
+    argv = [*_toy_training_args(out), "--library", str(tiny.folder)]
     assert main(argv) == 0
     return out, load_model_card(out)
 
@@ -116,11 +121,41 @@ def _measured(lib: PacbedLibrary, index: int, tilt, seed: int = 0) -> np.ndarray
 
 def test_covered_radius_splits_and_heldout_tilts(tiny):
     assert covered_tilt_radius(tiny) == pytest.approx(1.0)
-    train, held = thickness_split(10, 4)
+    nm = np.arange(10, dtype=float)
+    train, held = thickness_split(nm, 4)
     assert held.tolist() == [2, 6] and len(train) == 8
-    assert thickness_split(5, 0)[1].tolist() == list(range(5))
+    assert thickness_split(nm[:5], 0)[1].tolist() == list(range(5))
+    train, held = thickness_split(nm, 4, block_nm=(4.0, 5.0))
+    assert held.tolist() == [2, 4, 5, 6] and 4 not in train and 5 not in train
+    assert thickness_split(nm, 0, block_nm=(7.5, 9.0))[1].tolist() == [8, 9]
+    with pytest.raises(ValueError, match=r"holdout_thickness_block_nm = \(0.0, 9.0\)"):
+        thickness_split(nm, 0, block_nm=(0.0, 9.0))
     with pytest.raises(ValueError, match="holdout_tilts = 1"):
-        choose_heldout_tilts(tiny, 1.0, 1, np.random.default_rng(0))
+        choose_heldout_tilts([tiny], 1.0, 1, np.random.default_rng(0))
+
+
+def test_heldout_tilts_are_stored_in_every_library():
+    """With a 1 mrad and a 2 mrad grid, held-out tilts come from the tilts both store,
+    interior by the coarser step."""
+
+    def grid(step: float, n: int) -> SimpleNamespace:
+        tilts = [(i * step, j * step) for i in range(n + 1) for j in range(i + 1)]
+        return SimpleNamespace(tilts=np.array(tilts), spec=SimpleNamespace(tilt_step_mrad=step))
+
+    fine, coarse = grid(1.0, 6), grid(2.0, 3)
+    picks = {
+        tuple(t)
+        for seed in range(30)
+        for t in choose_heldout_tilts([fine, coarse], 6.0, 1, np.random.default_rng(seed))
+    }
+    assert picks == {(2.0, 0.0), (2.0, 2.0), (4.0, 0.0)}  # |t| <= 6 - 2 on both grids
+    assert (1.0, 0.0) in {
+        tuple(t)
+        for seed in range(30)
+        for t in choose_heldout_tilts([fine], 6.0, 1, np.random.default_rng(seed))
+    }
+    with pytest.raises(ValueError, match="only 3 interior tilts"):
+        choose_heldout_tilts([fine, coarse], 6.0, 3, np.random.default_rng(0))
 
 
 def test_sampler_holds_out_and_preprocesses(tiny):
@@ -201,6 +236,31 @@ def test_trainer_writes_model_card_and_report(trained):
     assert "flakescan train pacbed" in card.training["command"]
 
 
+def test_trainer_on_two_convergence_angles_with_a_thickness_block(tiny, tmp_path):
+    """Two libraries (20 and 16 mrad) train one model; the card and report break the
+    held-out metrics down by angle and by the held-out thickness block."""
+    other = PacbedLibrary(
+        simulate_library(
+            SPEC.model_copy(update={"conv_angle_mrad": 16.0}), tmp_path, progress=False
+        )
+    )
+    out = tmp_path / "two_angles.onnx"
+    argv = [
+        *_toy_training_args(out),
+        *("--library", str(other.folder), "--library", str(tiny.folder)),
+        *("--holdout-thickness-block", "1.5", "2.5"),
+    ]
+    assert main(argv) == 0
+    card = load_model_card(out)
+    assert card.training["pacbed"]["conv_angles_mrad"] == [16.0, 20.0]
+    assert card.training["heldout"]["thickness_block_nm"] == [1.5, 2.5]
+    groups = card.metrics["test"]["by_group"]
+    assert {"16 mrad", "20 mrad", "block 1.5-2.5 nm", "outside the block"} <= set(groups)
+    assert sum(groups[k]["n"] for k in ("16 mrad", "20 mrad")) == card.metrics["test"]["patterns"]
+    report = (out.with_name(out.stem + "-report") / "report.md").read_text()
+    assert "block 1.5-2.5 nm: n = " in report and "every thickness from 1.5 to 2.5 nm" in report
+
+
 def test_analyzer_end_to_end_on_npy_and_raw(tiny, trained, tmp_path):
     path, _ = trained
     image = _measured(tiny, 7, (1.0, 1.0))
@@ -279,6 +339,17 @@ def test_bad_inputs_name_field_and_value(tiny, trained, tmp_path, capsys):
             "--scale-range must be 0 < LO <= HI, got 1.1 0.9",
         ),
         (["--library", str(tiny.folder), "--epochs", "0", *base], "--epochs must be >= 1, got 0"),
+        (
+            ["--library", str(tiny.folder), "--holdout-thickness-block", "3", "1", *base],
+            "--holdout-thickness-block must be 0 <= LO < HI nm, got 3 1",
+        ),
+        (
+            [
+                *("--library", str(tiny.folder), "--holdout-tilts", "0"),
+                *("--holdout-thickness-block", "0", "9", *base),
+            ],
+            "leave no thickness to train",
+        ),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as exc:

@@ -8,8 +8,9 @@ offset, blur, Poisson noise at a log-uniform dose) and then, for the network, by
 
 Held out (never drawn for training):
 
-* every k-th thickness of each library (`thickness_split`), so the thickness heads are tested
-  between the thicknesses they learnt;
+* every k-th thickness of each library and optionally a whole block of thicknesses
+  (`thickness_split`), so the thickness heads are tested between the thicknesses they learnt
+  and across a gap wider than a library step;
 * a random set of interior wedge tilts (`choose_heldout_tilts`) with all their symmetry
   equivalents: a training tilt whose bilinear interpolation would touch one of them is
   redrawn, so no part of a held-out pattern leaks into training. Held-out test patterns are
@@ -76,36 +77,55 @@ def covered_tilt_radius(lib: PacbedLibrary) -> float:
     return float(min(radius, lib.spec.tilt_max_mrad))
 
 
-def thickness_split(n: int, every: int) -> tuple[np.ndarray, np.ndarray]:
-    """(training indices, held-out indices): every `every`-th index from every//2 is held
-    out; every = 0 holds out none (then the held-out sets reuse the training thicknesses)."""
-    idx = np.arange(n)
-    if every <= 0:
+def thickness_split(
+    thickness_nm: np.ndarray, every: int, block_nm: tuple[float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(training indices, held-out indices) into a library's thicknesses.
+
+    Every `every`-th index from every//2 is held out (0: none of them), and so is every
+    thickness inside `block_nm` (lo, hi), a whole range the network never sees, which tests
+    interpolation across more than one library step. With nothing held out the held-out sets
+    reuse the training thicknesses."""
+    t = np.asarray(thickness_nm, float)
+    idx = np.arange(len(t))
+    if every <= 0 and block_nm is None:
         return idx, idx
-    held = (idx % every) == (every // 2)
+    held = (idx % every) == (every // 2) if every > 0 else np.zeros(len(t), bool)
+    if block_nm is not None:
+        held |= (t >= block_nm[0]) & (t <= block_nm[1])
     if held.all() or not held.any():
-        raise ValueError(f"holdout_thickness_every = {every} leaves no thickness to train or test")
+        raise ValueError(
+            f"holdout_thickness_every = {every}, holdout_thickness_block_nm = {block_nm} "
+            f"leave no thickness to {'train' if held.all() else 'test'} "
+            f"(library thicknesses {t[0]:g}-{t[-1]:g} nm)"
+        )
     return idx[~held], idx[held]
 
 
 def choose_heldout_tilts(
-    lib: PacbedLibrary, max_tilt_mrad: float, count: int, rng: np.random.Generator
+    libraries: Sequence[PacbedLibrary],
+    max_tilt_mrad: float,
+    count: int,
+    rng: np.random.Generator,
 ) -> list[tuple[float, float]]:
-    """`count` stored wedge tilts with 0 < |t| <= max_tilt - step (interior: the test
-    interpolates between trained tilts rather than extrapolating)."""
+    """`count` wedge tilts stored in every library with 0 < |t| <= max_tilt - step (the
+    coarsest tilt step: the test interpolates between trained tilts rather than
+    extrapolating, and every library has the exact held-out pattern)."""
     if count <= 0:
         return []
-    step = lib.spec.tilt_step_mrad
-    mags = np.hypot(lib.tilts[:, 0], lib.tilts[:, 1])
-    pool = [
-        tuple(map(float, t))
-        for t, m in zip(lib.tilts, mags, strict=True)
-        if 0 < m <= max_tilt_mrad - step + 1e-9
-    ]
+    step = max(lib.spec.tilt_step_mrad for lib in libraries)
+    stored = [{tuple(np.round(t, 6)) for t in lib.tilts} for lib in libraries]
+    pool = sorted(
+        (float(t[0]) + 0.0, float(t[1]) + 0.0)
+        for t in stored[0]
+        if all(t in other for other in stored[1:])
+        and 0 < math.hypot(*t) <= max_tilt_mrad - step + 1e-9
+    )
     if len(pool) < count + 1:
         raise ValueError(
             f"holdout_tilts = {count}: only {len(pool)} interior tilts (0 < |t| <= "
-            f"{max_tilt_mrad - step:g} mrad) are stored; hold out fewer or wait for the library"
+            f"{max_tilt_mrad - step:g} mrad) are stored in every library; hold out fewer or "
+            "wait for the libraries"
         )
     pick = rng.choice(len(pool), size=count, replace=False)
     return sorted(pool[i] for i in pick)
@@ -139,6 +159,7 @@ class PacbedSampler:
         config: PreprocessConfig,
         holdout_thickness_every: int = 8,
         heldout_tilts: Sequence[tuple[float, float]] = (),
+        holdout_thickness_block_nm: tuple[float, float] | None = None,
         radius_jitter: float = 0.02,
         measured_fraction: float = 0.5,
     ) -> None:
@@ -150,7 +171,10 @@ class PacbedSampler:
         self.measured_fraction = float(measured_fraction)
         self.heldout_tilts = {(float(a) + 0.0, float(b) + 0.0) for a, b in heldout_tilts}
         self.splits = [
-            thickness_split(len(lib.thickness_a), holdout_thickness_every) for lib in self.libraries
+            thickness_split(
+                lib.thickness_a / 10, holdout_thickness_every, holdout_thickness_block_nm
+            )
+            for lib in self.libraries
         ]
         self._excluded: list[dict[tuple[int, int], bool]] = [{} for _ in self.libraries]
 

@@ -131,6 +131,15 @@ def write_pacbed_report(out_dir: Path, card: ModelCard, arrays: dict) -> Path:
             f"{v['thickness_mae_nm']:.2f} nm, mistilt MAE {v['mistilt_mae_mrad']:.3f} mrad"
             for k, v in by_tilt.items()
         ]
+    for name in ("val", "test"):
+        groups = card.metrics.get(name, {}).get("by_group")
+        if groups:
+            lines += ["", f"{name.capitalize()} by convergence angle and thickness hold-out:", ""]
+            lines += [
+                f"- {k}: n = {v['n']}, thickness MAE {v['thickness_mae_nm']:.2f} nm, mistilt "
+                f"MAE {v['mistilt_mae_mrad']:.3f} mrad"
+                for k, v in groups.items()
+            ]
     if timing:
         lines += [
             "",

@@ -223,29 +223,30 @@ def train_model(
 
 
 # -- evaluation of the exported model ------------------------------------------------------
-def evaluate_analyzer(analyzer: PacbedAnalyzer, d: Draw, batch: int = 64) -> tuple[dict, dict]:
+def evaluate_analyzer(
+    analyzer: PacbedAnalyzer,
+    d: Draw,
+    batch: int = 64,
+    block_nm: tuple[float, float] | None = None,
+) -> tuple[dict, dict]:
     """Metrics of the served two-pass analysis on raw labelled patterns, and the arrays
-    (true / predicted) for the report's plots."""
-    t_hat, m_hat, s_hat, t_std, m_std = [], [], [], [], []
+    (true / predicted) for the report's plots. Patterns are analysed in batches of one
+    convergence angle; with several angles, or a held-out thickness block, the metrics are
+    also broken down by angle and by block / interleaved thickness."""
+    n = len(d)
+    t_hat, m_hat, s_hat, t_std, m_std = (np.zeros(n) for _ in range(5))
     example = None
-    for i in range(0, len(d), batch):
-        conv = float(d.conv_angle[i])
-        chunk = list(d.patterns[i : i + batch])
-        if not np.allclose(d.conv_angle[i : i + batch], conv):  # several libraries
-            results = [
-                analyzer.analyze_images([p], float(c))[0][0]
-                for p, c in zip(chunk, d.conv_angle[i : i + batch], strict=True)
-            ]
-        else:
-            results, pres = analyzer.analyze_images(chunk, conv)
-            if example is None:
-                example = (results[0], pres[0].pattern)
-        t_hat += [r.thickness_nm for r in results]
-        m_hat += [r.mistilt_mrad for r in results]
-        s_hat += [r.scale for r in results]
-        t_std += [r.thickness_std_nm for r in results]
-        m_std += [r.mistilt_std_mrad for r in results]
-    t_hat, m_hat, s_hat = np.array(t_hat), np.array(m_hat), np.array(s_hat)
+    for conv in sorted(set(d.conv_angle.tolist())):
+        rows = np.flatnonzero(d.conv_angle == conv)
+        for i in range(0, len(rows), batch):
+            part = rows[i : i + batch]
+            results, pres = analyzer.analyze_images([d.patterns[j] for j in part], float(conv))
+            if example is None and 0 in part:
+                at = int(np.flatnonzero(part == 0)[0])
+                example = (results[at], pres[at].pattern)
+            for j, r in zip(part, results, strict=True):
+                t_hat[j], m_hat[j], s_hat[j] = r.thickness_nm, r.mistilt_mrad, r.scale
+                t_std[j], m_std[j] = r.thickness_std_nm, r.mistilt_std_mrad
     te = np.abs(t_hat - d.thickness_nm)
     me = np.abs(m_hat - d.mistilt_mrad)
     se = np.abs(s_hat / d.scale - 1)
@@ -277,6 +278,23 @@ def evaluate_analyzer(analyzer: PacbedAnalyzer, d: Draw, batch: int = 64) -> tup
                 "mistilt_true_mrad": round(float(d.mistilt_mrad[m][0]), 4),
             }
         metrics["by_tilt"] = by_tilt
+    groups: dict[str, np.ndarray] = {}
+    if len(set(d.conv_angle.tolist())) > 1:
+        for conv in sorted(set(d.conv_angle.tolist())):
+            groups[f"{conv:g} mrad"] = d.conv_angle == conv
+    if block_nm is not None:
+        inside = (d.thickness_nm >= block_nm[0] - 1e-6) & (d.thickness_nm <= block_nm[1] + 1e-6)
+        groups[f"block {block_nm[0]:g}-{block_nm[1]:g} nm"] = inside
+        groups["outside the block"] = ~inside
+    metrics["by_group"] = {
+        name: {
+            "n": int(m.sum()),
+            "thickness_mae_nm": round(float(te[m].mean()), 4),
+            "mistilt_mae_mrad": round(float(me[m].mean()), 4),
+        }
+        for name, m in groups.items()
+        if m.any()
+    }
     arrays = {
         "thickness_true": d.thickness_nm,
         "thickness_pred": t_hat,
@@ -357,6 +375,13 @@ def _parser() -> argparse.ArgumentParser:
         default=8,
         help="hold out every k-th thickness (0: none)",
     )
+    g.add_argument(
+        "--holdout-thickness-block",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="also hold out every thickness from LO to HI nm (a gap wider than a step)",
+    )
     g.add_argument("--holdout-tilts", type=int, default=2, help="random interior wedge tilts")
     g = p.add_argument_group("augmentation")
     g.add_argument("--scale-range", type=float, nargs=2, default=(0.9, 1.1), metavar=("LO", "HI"))
@@ -412,6 +437,18 @@ def _log(*args) -> None:
     print(*args, file=sys.stderr, flush=True)
 
 
+def _heldout_thickness_text(a: argparse.Namespace) -> str:
+    """The held-out thicknesses in words, for the log and the card."""
+    parts = []
+    if a.holdout_thickness_every:
+        k = a.holdout_thickness_every
+        parts.append(f"every {k}th library thickness (index % {k} == {k // 2})")
+    if a.holdout_thickness_block:
+        lo, hi = a.holdout_thickness_block
+        parts.append(f"every thickness from {lo:g} to {hi:g} nm")
+    return " and ".join(parts) or "none"
+
+
 def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     require_at_least(p, a, 1, "epochs", "patterns_per_epoch", "reuse", "batch_size", "threads")
     require_at_least(p, a, 1, "width", "val_patterns", "test_patterns", "harmonics")
@@ -421,6 +458,9 @@ def _check_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
     if a.harmonics >= a.angles // 2:
         p.error(f"--harmonics must be below --angles / 2 = {a.angles // 2}, got {a.harmonics}")
     require_at_least(p, a, 0, "holdout_thickness_every", "holdout_tilts", "timing_patterns")
+    block = a.holdout_thickness_block
+    if block is not None and not 0 <= block[0] < block[1]:
+        p.error(f"--holdout-thickness-block must be 0 <= LO < HI nm, got {block[0]:g} {block[1]:g}")
     if a.out.suffix != ".onnx":
         p.error(f"--out must end in .onnx, got {a.out}")
     if a.size % 16 or a.size < 16:
@@ -474,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     rng = np.random.default_rng(a.seed)
     try:
-        heldout_tilts = choose_heldout_tilts(libs[0], max_tilt, a.holdout_tilts, rng)
+        heldout_tilts = choose_heldout_tilts(libs, max_tilt, a.holdout_tilts, rng)
     except ValueError as exc:
         p.error(str(exc))
     augment = AugmentSpec(
@@ -485,22 +525,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         dose=tuple(a.dose_range),
     )
     config = PreprocessConfig(size=a.size, crop_radii=a.crop_radii)
-    sampler = PacbedSampler(
-        libs,
-        max_tilt,
-        augment,
-        config,
-        holdout_thickness_every=a.holdout_thickness_every,
-        heldout_tilts=heldout_tilts,
-        radius_jitter=a.radius_jitter,
-        measured_fraction=a.measured_fraction,
-    )
+    block = tuple(a.holdout_thickness_block) if a.holdout_thickness_block else None
+    try:
+        sampler = PacbedSampler(
+            libs,
+            max_tilt,
+            augment,
+            config,
+            holdout_thickness_every=a.holdout_thickness_every,
+            heldout_tilts=heldout_tilts,
+            holdout_thickness_block_nm=block,
+            radius_jitter=a.radius_jitter,
+            measured_fraction=a.measured_fraction,
+        )
+    except ValueError as exc:
+        p.error(str(exc))
     max_t_nm = max(float(lib.thickness_a[-1]) for lib in libs) / 10
     layout = PacbedLayout.uniform(max_t_nm, a.thickness_step_nm, max_tilt, a.mistilt_step_mrad)
     _log(
         f"mistilt 0-{max_tilt:g} mrad ({len(layout.mistilt_mrad)} bins), thickness "
-        f"0-{layout.thickness_nm[-1]:g} nm ({len(layout.thickness_nm)} bins); held out: every "
-        f"{a.holdout_thickness_every}th thickness, tilts {heldout_tilts}"
+        f"0-{layout.thickness_nm[-1]:g} nm ({len(layout.thickness_nm)} bins); held out: "
+        f"{_heldout_thickness_text(a)}, tilts {heldout_tilts}"
     )
     eval_rng = np.random.default_rng(a.seed + 7919)
     val_pre = sampler.draw(eval_rng, a.val_patterns, heldout=True)
@@ -578,7 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     metrics: dict = {"onnx_vs_torch_max_abs_diff": max_diff}
     arrays = {}
     for name, d in (("val", val_raw), ("test", test_raw)):
-        metrics[name], arrays[name] = evaluate_analyzer(analyzer, d)
+        metrics[name], arrays[name] = evaluate_analyzer(analyzer, d, block_nm=block)
     metrics["timing"] = {
         **time_analyzer(analyzer, test_raw, a.timing_patterns),
         "threads": a.threads,
@@ -621,10 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "dataset_sha256": dataset_sha256(stacks),
                 "tilts_stored_mrad": [[list(map(float, t)) for t in lib.tilts] for lib in libs],
                 "heldout": {
-                    "thickness": f"every {a.holdout_thickness_every}th library thickness "
-                    f"(index % {a.holdout_thickness_every} == {a.holdout_thickness_every // 2})"
-                    if a.holdout_thickness_every
-                    else "none",
+                    "thickness": _heldout_thickness_text(a),
+                    "thickness_block_nm": list(block) if block else None,
                     "tilts_mrad": [list(t) for t in heldout_tilts],
                     "val": "held-out thicknesses, interpolated tilts in the trained range",
                     "test": "held-out thicknesses at the held-out tilts (exact simulated "
