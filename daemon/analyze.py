@@ -54,13 +54,18 @@ def _analyze_pacbed(args: argparse.Namespace, cfg: ServiceConfig) -> tuple[dict,
         PACBED_TASK,
         PacbedAnalyzer,
         analyze_pacbed,
+        model_for_system,
         read_pacbed_files,
     )
-    from flakescan.inference.registry import open_model
+    from flakescan.inference.registry import ModelRegistry, open_model
 
     shape = tuple(args.shape) if args.shape else None
     patterns = read_pacbed_files(args.files, dtype=args.dtype, shape=shape)
-    entry, backend = open_model(cfg.models, args.model or DEFAULT_MODELS["pacbed"], PACBED_TASK)
+    model = args.model
+    if model is None and args.system is not None:
+        registry = ModelRegistry(cfg.models.registry)
+        model = model_for_system(registry, args.system, args.conv_angle_mrad).path
+    entry, backend = open_model(cfg.models, model or DEFAULT_MODELS["pacbed"], PACBED_TASK)
     analyzer = PacbedAnalyzer(entry, backend, library=args.library)
     results = analyze_pacbed(
         patterns, analyzer, conv_angle_mrad=args.conv_angle_mrad, plot_dir=args.plot_dir

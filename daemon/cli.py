@@ -503,6 +503,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--model", help="model name in the registry, or a .onnx path")
     sp.add_argument("--plot-dir", type=Path, help="write <file>.<kind>.png pictures here")
+    sp.add_argument(
+        "--system",
+        help="pacbed: material system (register ID or name, e.g. 1 or SrTiO3); picks its model",
+    )
     sp.add_argument("--conv-angle-mrad", type=float, help="pacbed: the probe's convergence angle")
     sp.add_argument("--library", type=Path, help="pacbed: a library, for the best-match picture")
     sp.add_argument("--dtype", help="pacbed, raw files: numpy dtype, e.g. '<u2'")

@@ -39,7 +39,7 @@ from scipy import ndimage
 from .backends import InferenceBackend
 from .pacbed_preprocess import PreprocessConfig, PreprocessedPattern, preprocess_pattern
 from .pattern_readers import DiffractionPattern, read_pattern
-from .registry import ModelEntry
+from .registry import ModelEntry, ModelNotFound, ModelRegistry
 
 if TYPE_CHECKING:
     from flakescan.simulators.pacbed_library import PacbedLibrary
@@ -51,6 +51,8 @@ __all__ = [
     "PacbedResult",
     "analyze_pacbed",
     "best_match",
+    "conv_angle_range",
+    "model_for_system",
     "model_input",
     "plot_pacbed",
     "read_pacbed_files",
@@ -60,6 +62,52 @@ PACBED_TASK = "pacbed"
 # Probability in the last bin(s) above which a thickness or mistilt is called "at the edge
 # of the trained range" (the sample may lie beyond it).
 _EDGE_MASS = 0.5
+
+
+def conv_angle_range(spec: dict) -> tuple[float, float]:
+    """The convergence angles (mrad) a card's training.pacbed section serves: the trained
+    ones widened by the card's tolerance."""
+    angles = [float(c) for c in spec["conv_angles_mrad"]]
+    tolerance = float(spec.get("conv_angle_tolerance_mrad", 0.0))
+    return min(angles) - tolerance, max(angles) + tolerance
+
+
+def _between(value: float, bounds: tuple[float, float]) -> bool:
+    return math.isfinite(value) and bounds[0] <= value <= bounds[1]
+
+
+def model_for_system(
+    registry: ModelRegistry, system: int | str, conv_angle_mrad: float | None = None
+) -> ModelEntry:
+    """The PACBED model trained for a material system (register ID or name), as the seed keyed
+    its models by system ID. Of several, the first in registry order (a lab's folders before
+    the shipped models) whose convergence angles cover `conv_angle_mrad` when it is given;
+    ModelNotFound names the systems the registry has models for."""
+    key = str(system).strip().lower()
+    models = registry.entries(PACBED_TASK)
+
+    def system_of(entry: ModelEntry) -> dict:
+        return (entry.card.training.get("pacbed") or {}).get("system") or {}
+
+    matches = [
+        e
+        for e in models
+        if key in (str(system_of(e).get("id")), str(system_of(e).get("name", "")).lower())
+    ]
+    if conv_angle_mrad is not None:
+        covering = [
+            e
+            for e in matches
+            if _between(conv_angle_mrad, conv_angle_range(e.card.training["pacbed"]))
+        ]
+        matches = covering or matches  # none covers it: the analyzer names the range
+    if not matches:
+        have = sorted({f"{system_of(e).get('id')} ({system_of(e).get('name')})" for e in models})
+        raise ModelNotFound(
+            f"system = {system!r}: no PACBED model for it in the registry (systems with "
+            f"models: {', '.join(have) or 'none'})"
+        )
+    return matches[0]
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -203,11 +251,8 @@ class PacbedAnalyzer:
                 "(give --conv-angle-mrad)"
             )
         a = float(conv_angle_mrad)
-        lo, hi = (
-            self.conv_angles[0] - self.conv_tolerance,
-            self.conv_angles[-1] + self.conv_tolerance,
-        )
-        if not (math.isfinite(a) and lo <= a <= hi):
+        lo, hi = conv_angle_range(self.spec)
+        if not _between(a, (lo, hi)):
             trained = ", ".join(f"{c:g}" for c in self.conv_angles)
             raise ValueError(
                 f"conv_angle_mrad = {conv_angle_mrad} is outside the model's range "

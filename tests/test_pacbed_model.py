@@ -378,3 +378,12 @@ def test_analyze_pacbed_through_the_cli(tiny, trained, tmp_path, capsys):
     np.save(tmp_path / "c.npy", image)
     assert cli(["analyze", "pacbed", str(tmp_path / "c.npy"), "--model", "no_such_model"]) == 2
     assert "no model named 'no_such_model'" in capsys.readouterr().err
+    # --system picks the model trained for the material, the lab's folder first
+    config = tmp_path / "service.toml"
+    config.write_text(f'[models]\nregistry = ["{path.parent}"]\n')
+    lab = ["analyze", "pacbed", str(tmp_path / "c.npy"), "--config", str(config)]
+    assert cli([*lab, "--system", "srtio3", "--conv-angle-mrad", "20"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["name"] == path.stem
+    assert cli([*lab, "--system", "7"]) == 2
+    err = capsys.readouterr().err
+    assert "system = '7': no PACBED model for it" in err and "1 (SrTiO3)" in err
