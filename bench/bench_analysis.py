@@ -64,7 +64,7 @@ def main() -> int:
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     registry = ModelRegistry()
-    pac_entry = registry.resolve("pacbed_srtio3_20mrad", PACBED_TASK)
+    pac_entry = registry.resolve("pacbed_srtio3", PACBED_TASK)
     patterns = _pacbed_patterns(a.library, a.repeats + 1, rng)
     rows = []
     for threads in (1, 2):

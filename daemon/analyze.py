@@ -17,7 +17,7 @@ from .config import ServiceConfig
 
 __all__ = ["ANALYSES", "DEFAULT_MODELS", "run_analysis"]
 
-DEFAULT_MODELS = {"xrd": "xrd_cnn1d", "pacbed": "pacbed_srtio3_20mrad", "phase": "phase_unet"}
+DEFAULT_MODELS = {"xrd": "xrd_cnn1d", "pacbed": "pacbed_srtio3", "phase": "phase_unet"}
 ANALYSES = tuple(DEFAULT_MODELS)
 
 
