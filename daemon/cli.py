@@ -508,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="pacbed: material system (register ID or name, e.g. 1 or SrTiO3); picks its model",
     )
     sp.add_argument("--conv-angle-mrad", type=float, help="pacbed: the probe's convergence angle")
+    sp.add_argument(
+        "--energy-kev", type=float, help="pacbed: acceleration voltage (checked against the model)"
+    )
+    sp.add_argument("--zone-axis", help="pacbed: e.g. [001] (checked against the model)")
     sp.add_argument("--library", type=Path, help="pacbed: a library, for the best-match picture")
     sp.add_argument("--dtype", help="pacbed, raw files: numpy dtype, e.g. '<u2'")
     sp.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="raw files")

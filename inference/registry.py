@@ -86,8 +86,9 @@ class ModelRegistry:
                 found[path.stem] = ModelEntry(path.stem, path, card)
         return [e for e in found.values() if task is None or e.card.task == task]
 
-    def resolve(self, value: str | Path, task: str) -> ModelEntry:
-        """The model a config value means, checked against its card and the expected task."""
+    def resolve(self, value: str | Path, task: str | None) -> ModelEntry:
+        """The model a config value means, checked against its card and the expected task
+        (None: any task, for callers that dispatch on the card's task)."""
         if is_model_path(value):
             path = Path(value).expanduser()
         else:
@@ -98,10 +99,10 @@ class ModelRegistry:
                 known = ", ".join(e.name for e in self.entries(task)) or "none"
                 raise ModelNotFound(
                     f"no model named {name!r} in {', '.join(map(str, self.folders))} "
-                    f"({task} models there: {known})"
+                    f"({task or 'all'} models there: {known})"
                 )
         card = load_model_card(path)
-        if card.task != task:
+        if task is not None and card.task != task:
             raise ValueError(f"model {str(value)!r} is a {card.task!r} model, not a {task!r}")
         return ModelEntry(path.stem, path, card)
 

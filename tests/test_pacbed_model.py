@@ -387,3 +387,21 @@ def test_analyze_pacbed_through_the_cli(tiny, trained, tmp_path, capsys):
     assert cli([*lab, "--system", "7"]) == 2
     err = capsys.readouterr().err
     assert "system = '7': no PACBED model for it" in err and "1 (SrTiO3)" in err
+    # the microscope's settings are checked against the model's card, naming the field
+    here = ["analyze", "pacbed", str(tmp_path / "c.npy"), "--model", str(path)]
+    refusals = [
+        (["--energy-kev", "200"], "energy_kev = 200: model 'tiny_pacbed' was trained at 300 keV"),
+        (
+            ["--zone-axis", "[110]"],
+            "zone_axis = '[110]': model 'tiny_pacbed' was trained for [001]",
+        ),
+        (["--system", "rutile"], "system = 'rutile': model 'tiny_pacbed' is for system 1"),
+        (["--conv-angle-mrad", "-1"], "conv_angle_mrad"),
+        (["--model", "xrd_cnn1d"], "model 'xrd_cnn1d' serves 'xrd' analyses, not 'pacbed'"),
+    ]
+    for extra, message in refusals:
+        assert cli([*here, *extra]) == 2, extra
+        assert message in capsys.readouterr().err
+    ok = [*here, "--energy-kev", "300", "--zone-axis", "001", "--conv-angle-mrad", "20"]
+    assert cli(ok) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["conv_angle_mrad"] == 20.0

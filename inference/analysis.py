@@ -1,0 +1,247 @@
+"""One entry point for every served diffraction analysis: read the files, run the model, JSON.
+
+The command line (`flakescan analyze`), the HTTP API and the ZMQ `analyze` command all call
+`AnalysisService.analyze`, so the three give the same answer for the same files and
+parameters. Models load once per service and stay loaded (ONNX Runtime sessions serve
+concurrent calls); every file is read before any model runs, and a parameter the model
+cannot honour (a convergence angle outside its range, another voltage or zone axis than it
+was trained for) is refused naming the field and the value.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .config import ModelsConfig
+from .registry import ModelEntry, ModelRegistry, open_model
+
+__all__ = [
+    "ANALYSIS_KINDS",
+    "DEFAULT_MODELS",
+    "AnalysisParams",
+    "AnalysisService",
+    "kind_of_task",
+]
+
+# kind -> the model `flakescan analyze KIND` uses when none is named
+DEFAULT_MODELS = {"xrd": "xrd_cnn1d", "pacbed": "pacbed_srtio3", "phase": "phase_unet"}
+ANALYSIS_KINDS = tuple(DEFAULT_MODELS)
+_TASK_KINDS = {"xrd-phase": "xrd", "pacbed": "pacbed", "phase-retrieval": "phase"}
+_ENERGY_TOLERANCE = 0.01  # relative: 300 kV and 299.5 kV are the same microscope setting
+
+
+def kind_of_task(task: str) -> str | None:
+    """The analysis kind that serves a model card's task (None: not an analysis model)."""
+    return _TASK_KINDS.get(task)
+
+
+class AnalysisParams(BaseModel):
+    """What a caller may say about the data beside the files; the public contract of the
+    CLI options, the HTTP form fields and the ZMQ request alike."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    conv_angle_mrad: float | None = Field(None, gt=0, le=100, description="pacbed: probe")
+    energy_kev: float | None = Field(
+        None, gt=0, le=1000, description="pacbed: acceleration voltage; must match the model"
+    )
+    zone_axis: str | None = Field(None, description="pacbed: e.g. [001]; must match the model")
+    system: str | None = Field(
+        None, description="pacbed: material system, register ID or name; picks the model"
+    )
+    dtype: str | None = Field(None, description="raw pacbed files: numpy dtype, e.g. <u2")
+    shape: tuple[int, int] | None = Field(None, description="raw pacbed files: rows, cols")
+    offset: int = Field(0, ge=0, description="raw pacbed files: header bytes to skip")
+
+
+class _Loaded:
+    """A model with its backend and the task's analyzer, built once."""
+
+    def __init__(self, kind: str, entry: ModelEntry, backend, analyzer) -> None:
+        self.kind, self.entry, self.backend, self.analyzer = kind, entry, backend, analyzer
+
+    def describe(self) -> dict:
+        return {
+            "name": self.entry.name,
+            "sha256": self.entry.card.onnx_sha256,
+            **self.backend.describe(),
+        }
+
+
+class AnalysisService:
+    """Served analysis models, loaded on first use and kept (one per name or path)."""
+
+    def __init__(self, models: ModelsConfig | None = None) -> None:
+        self.config = models or ModelsConfig()
+        self.registry = ModelRegistry(self.config.registry)
+        self._loaded: dict[str, _Loaded] = {}
+        self._lock = threading.Lock()
+
+    # -- which model ------------------------------------------------------------------------
+    def choose_model(self, kind: str, model: str | Path | None, params: AnalysisParams) -> str:
+        """The model a request means: the named one, else (pacbed) the one trained for the
+        given material system, else the kind's default."""
+        if kind not in ANALYSIS_KINDS:
+            raise ValueError(f"kind = {kind!r}: not one of {', '.join(ANALYSIS_KINDS)}")
+        if model is not None:
+            return str(model)
+        if kind == "pacbed" and params.system is not None:
+            from .pacbed import model_for_system
+
+            return str(model_for_system(self.registry, params.system, params.conv_angle_mrad).path)
+        return DEFAULT_MODELS[kind]
+
+    def load(self, model: str | Path, kind: str | None = None) -> _Loaded:
+        """The loaded model (built on first use); `kind` checks what the caller expects."""
+        key = str(model)
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                loaded = self._build(key)
+                self._loaded[key] = loaded
+        if kind is not None and loaded.kind != kind:
+            raise ValueError(f"model {key!r} serves {loaded.kind!r} analyses, not {kind!r}")
+        return loaded
+
+    def _build(self, model: str) -> _Loaded:
+        task = self.registry.resolve(model, None).card.task
+        kind = kind_of_task(task)
+        if kind is None:
+            raise ValueError(f"model {model!r} is a {task!r} model, not a diffraction analysis")
+        entry, backend = open_model(self.config, model, task)
+        if kind == "xrd":
+            from .xrd import XrdIdentifier
+
+            analyzer: Any = XrdIdentifier(entry, backend)
+        elif kind == "pacbed":
+            from .pacbed import PacbedAnalyzer
+
+            analyzer = PacbedAnalyzer(entry, backend)
+        else:
+            from .phase_retrieval import PhaseModel
+
+            analyzer = PhaseModel(backend, entry.card)
+        return _Loaded(kind, entry, backend, analyzer)
+
+    # -- analysis ---------------------------------------------------------------------------
+    def analyze(
+        self,
+        kind: str,
+        files: Sequence[Path | str],
+        params: AnalysisParams | None = None,
+        *,
+        model: str | Path | None = None,
+        plot_dir: Path | None = None,
+        library: Path | None = None,
+    ) -> dict:
+        """{"kind", "model", "results": one per file}; every file is read first."""
+        params = params or AnalysisParams()
+        files = [Path(f) for f in files]
+        inputs = _read(kind, files, params)
+        loaded = self.load(self.choose_model(kind, model, params), kind)
+        if kind == "xrd":
+            results = _run_xrd(loaded, inputs, plot_dir)
+        elif kind == "pacbed":
+            results = _run_pacbed(loaded, inputs, params, plot_dir, library)
+        else:
+            results = _run_phase(loaded, files, inputs, plot_dir)
+        return {"kind": kind, "model": loaded.describe(), "results": results}
+
+
+def _read(kind: str, files: list[Path], params: AnalysisParams) -> list:
+    if kind == "xrd":
+        from .xrd_readers import read_xrd
+
+        return [read_xrd(f) for f in files]
+    if kind == "pacbed":
+        from .pacbed import read_pacbed_files
+
+        return read_pacbed_files(
+            files, dtype=params.dtype, shape=params.shape, offset=params.offset
+        )
+    from .phase_retrieval import read_reflections
+
+    return [read_reflections(f) for f in files]
+
+
+def _picture(plot_dir: Path | None, source: str, kind: str) -> Path | None:
+    return None if plot_dir is None else Path(plot_dir) / f"{Path(source).stem}.{kind}.png"
+
+
+def _run_xrd(loaded: _Loaded, patterns: list, plot_dir: Path | None) -> list[dict]:
+    from .xrd import plot_identification
+
+    ident = loaded.analyzer
+    out = []
+    for pattern, result in zip(patterns, ident.identify(patterns), strict=True):
+        doc = result.to_dict()
+        picture = _picture(plot_dir, pattern.source, "xrd")
+        if picture is not None:
+            plot_identification(pattern, ident.prepare(pattern), result, loaded.entry, picture)
+            doc["picture"] = str(picture)
+        out.append(doc)
+    return out
+
+
+def _check_pacbed_setting(analyzer, params: AnalysisParams) -> None:
+    """Refuse a voltage, zone axis or system the model was not trained for."""
+    spec, system = analyzer.spec, analyzer.system
+    if params.energy_kev is not None:
+        trained = float(spec["energy_kev"])
+        if abs(params.energy_kev - trained) > _ENERGY_TOLERANCE * trained:
+            raise ValueError(
+                f"energy_kev = {params.energy_kev:g}: model {analyzer.entry.name!r} was trained "
+                f"at {trained:g} keV"
+            )
+    if params.zone_axis is not None:
+        wanted = params.zone_axis.strip().strip("[]").replace(" ", "").replace(",", "")
+        trained = str(system.get("direction", "")).strip("[]")
+        if wanted != trained:
+            raise ValueError(
+                f"zone_axis = {params.zone_axis!r}: model {analyzer.entry.name!r} was trained "
+                f"for [{trained}]"
+            )
+    if params.system is not None:
+        key = params.system.strip().lower()
+        if key not in (str(system.get("id")), str(system.get("name", "")).lower()):
+            raise ValueError(
+                f"system = {params.system!r}: model {analyzer.entry.name!r} is for system "
+                f"{system.get('id')} ({system.get('name')})"
+            )
+
+
+def _run_pacbed(
+    loaded: _Loaded,
+    patterns: list,
+    params: AnalysisParams,
+    plot_dir: Path | None,
+    library: Path | None,
+) -> list[dict]:
+    from .pacbed import PacbedAnalyzer, analyze_pacbed
+
+    analyzer = loaded.analyzer
+    _check_pacbed_setting(analyzer, params)
+    if library is not None:  # a per-call view with the library for the best-match picture
+        analyzer = PacbedAnalyzer(loaded.entry, loaded.backend, library=library)
+    return analyze_pacbed(
+        patterns, analyzer, conv_angle_mrad=params.conv_angle_mrad, plot_dir=plot_dir
+    )
+
+
+def _run_phase(loaded: _Loaded, files: list[Path], reflections: list, plot_dir) -> list[dict]:
+    from .phase_retrieval import analyze_reflections
+
+    out = []
+    for path, refl in zip(files, reflections, strict=True):
+        picture = _picture(plot_dir, str(path), "phase")
+        doc = analyze_reflections(refl, loaded.analyzer, picture)
+        doc.setdefault("source", str(path))
+        if picture is not None:
+            doc["picture"] = str(picture)
+        out.append(doc)
+    return out
