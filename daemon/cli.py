@@ -350,6 +350,15 @@ def cmd_pacbed_library(args: argparse.Namespace) -> int:
     return _run_training_module("flakescan.simulators.pacbed_cli", args.library_args)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the analysis models over HTTP (the registry, POST /v1/analyze/MODEL, OpenAPI
+    at /docs) until interrupted; loopback unless [http] allow_remote."""
+    from .http_api import run_server
+
+    run_server(_config(args), args.host, args.port)
+    return EXIT_OK
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Analyse diffraction data with a served model: powder-XRD phase identification with
     anomaly detection, PACBED thickness and mistilt, structure-factor phases and the charge
@@ -515,6 +524,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--library", type=Path, help="pacbed: a library, for the best-match picture")
     sp.add_argument("--dtype", help="pacbed, raw files: numpy dtype, e.g. '<u2'")
     sp.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="raw files")
+
+    sp = add("serve", cmd_serve)
+    sp.add_argument("--host", help="address (default: [http] host, loopback)")
+    sp.add_argument("--port", type=int, help="port (default: [http] port)")
 
     sp = add("pacbed-library", cmd_pacbed_library, add_help=False)
     sp.add_argument("library_args", nargs=argparse.REMAINDER, help="arguments of the generator")

@@ -94,6 +94,30 @@ class ZmqConfig(BaseModel):
         return self
 
 
+class HttpConfig(BaseModel):
+    """`[http]`: the analysis service over HTTP (the daemon starts it when enabled;
+    `flakescan serve` runs it on its own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)  # 0: any free port (tests)
+    # Anyone who can reach it can run the models: off loopback only when asked for.
+    allow_remote: bool = False
+    max_upload_mb: float = Field(64.0, gt=0, le=4096)
+    workers: int = Field(2, ge=1, le=64, description="analyses run at once; others queue")
+
+    @model_validator(mode="after")
+    def _loopback(self) -> HttpConfig:
+        if not self.allow_remote and not _is_loopback(f"tcp://{self.host}:1"):
+            raise ValueError(
+                f"host = {self.host!r} is not a loopback address; set allow_remote = true "
+                "to serve on the network"
+            )
+        return self
+
+
 class ServiceConfig(BaseModel):
     """Everything the daemon needs; every section has working simulator defaults."""
 
@@ -111,6 +135,7 @@ class ServiceConfig(BaseModel):
     models: ModelsConfig = ModelsConfig()
     database: DatabaseConfig = DatabaseConfig()
     zmq: ZmqConfig = ZmqConfig()
+    http: HttpConfig = HttpConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ServiceConfig:

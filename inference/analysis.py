@@ -82,6 +82,11 @@ class AnalysisService:
         self._loaded: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
 
+    def loaded_names(self) -> list[str]:
+        """The models loaded so far (by the name or path they were asked for)."""
+        with self._lock:
+            return list(self._loaded)
+
     # -- which model ------------------------------------------------------------------------
     def choose_model(self, kind: str, model: str | Path | None, params: AnalysisParams) -> str:
         """The model a request means: the named one, else (pacbed) the one trained for the

@@ -1,0 +1,204 @@
+"""The analysis service over HTTP: the registry, and diffraction analyses of uploaded files.
+
+A trained model is slow to load beside one pattern, so (as the PACBED-CNN seed did) the
+models stay loaded in one server and are asked over HTTP. Every answer comes from
+inference/analysis.py's `AnalysisService`, the same code `flakescan analyze` runs, so a file
+gives the same JSON here and on the command line. The OpenAPI schema at /openapi.json is the
+contract. Bad input is a 4xx whose detail names the field and the value, never a 500:
+unknown model 404, oversized upload 413, unreadable file or out-of-range parameter 422.
+At most `[http] workers` analyses run at once; more requests wait their turn.
+"""
+
+from __future__ import annotations
+
+import base64
+import tempfile
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+
+from flakescan.inference.analysis import AnalysisParams, AnalysisService, kind_of_task
+from flakescan.inference.registry import ModelNotFound
+
+from .config import HttpConfig, ServiceConfig
+
+__all__ = ["create_app", "run_server"]
+
+_CHUNK = 1 << 20
+
+
+class Health(BaseModel):
+    status: str
+    version: str
+    models_loaded: list[str]
+    workers: int
+
+
+class ModelInfo(BaseModel):
+    name: str
+    task: str
+    kind: str | None  # the analysis that serves it (None: a flake-scan model)
+    parameters: int
+    input: dict[str, Any]
+    output: dict[str, Any]
+    card: dict[str, Any]
+
+
+class AnalysisAnswer(BaseModel):
+    kind: str
+    model: dict[str, Any]
+    results: list[dict[str, Any]]
+
+
+def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
+    return [
+        {
+            "field": ".".join(str(p) for p in e["loc"]) or "params",
+            "value": e.get("input"),
+            "message": e["msg"],
+        }
+        for e in exc.errors(include_url=False)
+    ]
+
+
+def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> FastAPI:
+    """The FastAPI application (uvicorn serves it; tests start it on a free port)."""
+    service = service or AnalysisService(cfg.models)
+    __version__ = version("flakescan")
+    limiter = anyio.CapacityLimiter(cfg.http.workers)
+    max_bytes = int(cfg.http.max_upload_mb * 1024 * 1024)
+    app = FastAPI(
+        title="flakescan analysis service",
+        version=__version__,
+        description="Powder-XRD phases, PACBED thickness and mistilt, structure-factor "
+        "phases, with the models of the registry.",
+    )
+
+    @app.get("/v1/health", response_model=Health)
+    def health() -> Health:
+        return Health(
+            status="ok",
+            version=__version__,
+            models_loaded=sorted(service.loaded_names()),
+            workers=cfg.http.workers,
+        )
+
+    @app.get("/v1/models", response_model=list[ModelInfo])
+    def models() -> list[ModelInfo]:
+        return [
+            ModelInfo(
+                name=e.name,
+                task=e.card.task,
+                kind=kind_of_task(e.card.task),
+                parameters=e.card.parameters,
+                input=e.card.input.model_dump(mode="json"),
+                output=e.card.output.model_dump(mode="json"),
+                card=e.card.model_dump(mode="json"),
+            )
+            for e in service.registry.entries()
+        ]
+
+    @app.post("/v1/analyze/{model}", response_model=AnalysisAnswer)
+    async def analyze(
+        model: str,
+        files: Annotated[list[UploadFile], File(description="the data files")],
+        params: Annotated[str, Form(description="AnalysisParams as JSON")] = "{}",
+        picture: Annotated[bool, Form(description="answer the validation picture")] = False,
+    ) -> AnalysisAnswer:
+        try:
+            parsed = AnalysisParams.model_validate_json(params or "{}")
+        except ValidationError as exc:
+            raise HTTPException(422, _field_errors(exc)) from exc
+        try:
+            kind = kind_of_task(service.registry.resolve(model, None).card.task)
+        except ModelNotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except ValueError as exc:  # a card that does not load names its fault
+            raise HTTPException(422, str(exc)) from exc
+        if kind is None:
+            raise HTTPException(422, f"model = {model!r} is not a diffraction analysis model")
+        with tempfile.TemporaryDirectory(prefix="flakescan-upload-") as tmp:
+            paths = await _save_uploads(files, Path(tmp), max_bytes)
+            plot_dir = Path(tmp) / "pictures" if picture else None
+
+            def run() -> dict:
+                return service.analyze(kind, paths, parsed, model=model, plot_dir=plot_dir)
+
+            try:
+                doc = await anyio.to_thread.run_sync(run, limiter=limiter)
+            except ValidationError as exc:
+                raise HTTPException(422, _field_errors(exc)) from exc
+            except (ValueError, FileNotFoundError, OSError) as exc:
+                raise HTTPException(422, _upload_names(str(exc), paths, files)) from exc
+            for result, path, upload in zip(doc["results"], paths, files, strict=True):
+                for key, value in list(result.items()):  # no server paths in the answer
+                    if value == str(path):
+                        result[key] = upload.filename
+                result["source"] = upload.filename
+                if "picture" in result:
+                    png = Path(result.pop("picture")).read_bytes()
+                    result["picture_png_base64"] = base64.b64encode(png).decode("ascii")
+        return AnalysisAnswer(**doc)
+
+    @app.exception_handler(ValidationError)
+    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _field_errors(exc)}, status_code=422)
+
+    return app
+
+
+def _safe_name(name: str | None, index: int) -> str:
+    """The upload's own name without folders (readers go by its suffix)."""
+    base = Path(name or "").name
+    return f"{index:03d}-{base}" if base and base not in (".", "..") else f"{index:03d}-upload"
+
+
+async def _save_uploads(files: list[UploadFile], folder: Path, max_bytes: int) -> list[Path]:
+    """Each upload to a file in `folder`, refusing (413) once the total passes the limit."""
+    if not files:
+        raise HTTPException(422, "files: at least one file is needed")
+    total, paths = 0, []
+    for i, upload in enumerate(files):
+        path = folder / _safe_name(upload.filename, i)
+        with path.open("wb") as out:
+            while chunk := await upload.read(_CHUNK):
+                total += len(chunk)
+                if total > max_bytes:
+                    raise HTTPException(
+                        413,
+                        f"files: the upload passes max_upload_mb = {max_bytes / 2**20:g} "
+                        f"(at {upload.filename!r})",
+                    )
+                out.write(chunk)
+        paths.append(path)
+    return paths
+
+
+def _upload_names(message: str, paths: list[Path], files: list[UploadFile]) -> str:
+    """A reader's message with the server's temporary paths replaced by the upload names."""
+    for path, upload in zip(paths, files, strict=True):
+        message = message.replace(str(path), str(upload.filename)).replace(
+            path.name, str(upload.filename)
+        )
+    return message
+
+
+def run_server(cfg: ServiceConfig, host: str | None = None, port: int | None = None) -> None:
+    """Serve until interrupted (`flakescan serve`); a host off loopback needs
+    `[http] allow_remote = true`, as in the config file."""
+    import uvicorn
+
+    http = HttpConfig.model_validate(
+        {
+            **cfg.http.model_dump(),
+            **({"host": host} if host else {}),
+            **({"port": port} if port is not None else {}),
+        }
+    )
+    cfg = cfg.model_copy(update={"http": http})
+    uvicorn.run(create_app(cfg), host=http.host, port=http.port, log_level="info")

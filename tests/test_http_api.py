@@ -1,0 +1,184 @@
+"""The analysis service over HTTP: a real uvicorn server on loopback, real uploads.
+
+Answers must equal what `AnalysisService.analyze` (the code `flakescan analyze` runs) gives
+for the same file; bad input must be a 4xx naming the field, never a 500.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from flakescan.daemon.config import HttpConfig, ServiceConfig
+from flakescan.daemon.http_api import create_app
+from flakescan.inference.analysis import AnalysisParams, AnalysisService
+from flakescan.inference.phase_retrieval import write_hkl
+from flakescan.simulators.xrd_dataset import simulate_xrd_set, write_xy
+from flakescan.simulators.xrd_phases import KNOWN_PHASES
+
+
+@pytest.fixture(scope="module")
+def server():
+    """(base URL, the service behind it): uvicorn on a free loopback port, in a thread."""
+    cfg = ServiceConfig(http=HttpConfig(port=0, max_upload_mb=1.0, workers=2))
+    service = AnalysisService(cfg.models)
+    config = uvicorn.Config(create_app(cfg, service), host="127.0.0.1", port=0, log_level="warning")
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
+        time.sleep(0.05)
+    port = srv.servers[0].sockets[0].getsockname()[1]
+    yield f"http://127.0.0.1:{port}", service
+    srv.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    """One measured-like file per analysis: an hBN powder pattern, a PACBED disc, reflections."""
+    folder = tmp_path_factory.mktemp("uploads")
+    s = simulate_xrd_set(1, seed=77, n_anomaly=0)
+    hbn_class = [p.name for p in KNOWN_PHASES].index("hBN")
+    hbn = int(np.flatnonzero(s.labels == hbn_class)[0])
+    write_xy(folder / "hbn.xy", s.counts[hbn], "simulated hBN")
+    yy, xx = np.mgrid[:160, :160]
+    r = np.hypot(yy - 81.3, xx - 78.9)
+    disc = (r < 40) * (1 + 0.3 * np.cos(r / 3.0)) + 0.01
+    np.save(folder / "disc.npy", np.random.default_rng(0).poisson(disc * 400).astype(np.float32))
+    grid = np.arange(-3, 4)
+    hkl = np.array([(h, k, m) for h in grid for k in grid for m in grid if (h, k, m) != (0, 0, 0)])
+    intensity = np.random.default_rng(1).gamma(2.0, 50.0, len(hkl))
+    write_hkl(folder / "refl.hkl", hkl, intensity, np.sqrt(intensity))
+    return {"xrd": folder / "hbn.xy", "pacbed": folder / "disc.npy", "phase": folder / "refl.hkl"}
+
+
+def _post(url: str, model: str, path: Path, params: dict | None = None, **form):
+    with path.open("rb") as fh:
+        return httpx.post(
+            f"{url}/v1/analyze/{model}",
+            files=[("files", (path.name, fh))],
+            data={"params": json.dumps(params or {}), **form},
+            timeout=60,
+        )
+
+
+def test_health_models_and_openapi(server):
+    url, _ = server
+    health = httpx.get(f"{url}/v1/health").json()
+    assert health["status"] == "ok" and health["workers"] == 2
+    models = {m["name"]: m for m in httpx.get(f"{url}/v1/models").json()}
+    assert models["xrd_cnn1d"]["kind"] == "xrd" and models["pacbed_srtio3"]["kind"] == "pacbed"
+    assert models["phase_unet"]["kind"] == "phase"
+    assert models["flake_classifier_cnn4"]["kind"] is None  # served by the scan, not here
+    assert models["pacbed_srtio3"]["card"]["training"]["pacbed"]["system"]["name"] == "SrTiO3"
+    schema = httpx.get(f"{url}/openapi.json").json()
+    assert "/v1/analyze/{model}" in schema["paths"] and "/v1/models" in schema["paths"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "model", "params"),
+    [
+        ("xrd", "xrd_cnn1d", {}),
+        ("pacbed", "pacbed_srtio3", {"conv_angle_mrad": 20.0, "energy_kev": 300}),
+        ("phase", "phase_unet", {}),
+    ],
+)
+def test_http_answers_equal_the_local_analysis(server, files, kind, model, params):
+    url, service = server
+    reply = _post(url, model, files[kind], params)
+    assert reply.status_code == 200, reply.text
+    remote = reply.json()
+    local = service.analyze(kind, [files[kind]], AnalysisParams(**params), model=model)
+    assert remote["kind"] == kind and remote["model"]["name"] == model
+    (r,), (loc,) = remote["results"], local["results"]
+    for key in [k for k, v in loc.items() if v == str(files[kind])]:  # the file's path
+        assert r.pop(key) == files[kind].name
+        loc.pop(key)
+    assert r == json.loads(json.dumps(loc))  # identical numbers, JSON round trip
+    assert model in httpx.get(f"{url}/v1/health").json()["models_loaded"]
+
+
+def test_the_validation_picture_comes_back_as_png(server, files):
+    url, _ = server
+    reply = _post(url, "xrd_cnn1d", files["xrd"], picture="true")
+    assert reply.status_code == 200, reply.text
+    (r,) = reply.json()["results"]
+    png = base64.b64decode(r["picture_png_base64"])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000 and "picture" not in r
+
+
+def test_bad_requests_are_4xx_naming_the_field(server, files, tmp_path):
+    url, _ = server
+    cases = []
+    reply = _post(url, "no_such_model", files["xrd"])
+    cases.append((reply, 404, "no model named 'no_such_model'"))
+    reply = _post(url, "pacbed_srtio3", files["pacbed"], {"conv_angle_mrad": -1})
+    cases.append((reply, 422, "conv_angle_mrad"))
+    reply = _post(url, "pacbed_srtio3", files["pacbed"], {"colour": "red"})
+    cases.append((reply, 422, "colour"))
+    reply = _post(url, "pacbed_srtio3", files["pacbed"], {"conv_angle_mrad": 40})
+    cases.append((reply, 422, "conv_angle_mrad = 40.0 is outside the model's range"))
+    reply = _post(url, "pacbed_srtio3", files["pacbed"], {"conv_angle_mrad": 20, "energy_kev": 200})
+    cases.append((reply, 422, "energy_kev = 200"))
+    raw = tmp_path / "frame.raw"
+    raw.write_bytes(bytes(1000))
+    reply = _post(url, "pacbed_srtio3", raw, {"dtype": "<u2", "shape": [20, 30]})
+    cases.append((reply, 422, "frame.raw"))
+    bad = tmp_path / "broken.xy"
+    bad.write_text("1 2\nnot numbers here\n")
+    reply = _post(url, "xrd_cnn1d", bad)
+    cases.append((reply, 422, "broken.xy"))
+    reply = _post(url, "flake_classifier_cnn4", files["xrd"])
+    cases.append((reply, 422, "not a diffraction analysis model"))
+    big = tmp_path / "big.npy"
+    np.save(big, np.zeros((600, 600), np.float32))  # 1.4 MB > max_upload_mb = 1
+    reply = _post(url, "pacbed_srtio3", big)
+    cases.append((reply, 413, "max_upload_mb = 1"))
+    for reply, status, words in cases:
+        assert reply.status_code == status, (words, reply.text)
+        assert words in reply.text, reply.text
+        assert str(tmp_path) not in reply.text  # no server paths in the answer
+
+
+def test_flakescan_serve_runs_the_service_and_refuses_a_network_host(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    from flakescan.daemon.cli import main as cli
+
+    assert cli(["serve", "--host", "0.0.0.0"]) == 2
+    assert "host = '0.0.0.0' is not a loopback address" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flakescan.daemon", "serve", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/v1/health", timeout=1).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "flakescan serve did not answer in 60 s"
+                time.sleep(0.2)
+        assert health["status"] == "ok" and health["models_loaded"] == []
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
