@@ -22,7 +22,13 @@ from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 
-from flakescan.inference.analysis import AnalysisParams, AnalysisService, kind_of_task
+from flakescan.inference.analysis import (
+    AnalysisParams,
+    AnalysisService,
+    Upload,
+    kind_of_task,
+    safe_upload_name,
+)
 from flakescan.inference.registry import ModelNotFound
 
 from .config import HttpConfig, ServiceConfig
@@ -115,34 +121,26 @@ def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> Fa
         except ValidationError as exc:
             raise HTTPException(422, _field_errors(exc)) from exc
         try:
-            kind = kind_of_task(service.registry.resolve(model, None).card.task)
+            service.kind_of_model(model)
         except ModelNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
-        except ValueError as exc:  # a card that does not load names its fault
+        except ValueError as exc:  # not an analysis model, or a card that does not load
             raise HTTPException(422, str(exc)) from exc
-        if kind is None:
-            raise HTTPException(422, f"model = {model!r} is not a diffraction analysis model")
         with tempfile.TemporaryDirectory(prefix="flakescan-upload-") as tmp:
-            paths = await _save_uploads(files, Path(tmp), max_bytes)
-            plot_dir = Path(tmp) / "pictures" if picture else None
+            uploads = await _save_uploads(files, Path(tmp), max_bytes)
 
-            def run() -> dict:
-                return service.analyze(kind, paths, parsed, model=model, plot_dir=plot_dir)
+            def run() -> tuple[dict, list[bytes | None]]:
+                return service.analyze_uploads(model, uploads, parsed, picture=picture)
 
             try:
-                doc = await anyio.to_thread.run_sync(run, limiter=limiter)
+                doc, pictures = await anyio.to_thread.run_sync(run, limiter=limiter)
             except ValidationError as exc:
                 raise HTTPException(422, _field_errors(exc)) from exc
-            except (ValueError, FileNotFoundError, OSError) as exc:
-                raise HTTPException(422, _upload_names(str(exc), paths, files)) from exc
-            for result, path, upload in zip(doc["results"], paths, files, strict=True):
-                for key, value in list(result.items()):  # no server paths in the answer
-                    if value == str(path):
-                        result[key] = upload.filename
-                result["source"] = upload.filename
-                if "picture" in result:
-                    png = Path(result.pop("picture")).read_bytes()
-                    result["picture_png_base64"] = base64.b64encode(png).decode("ascii")
+            except (ValueError, OSError) as exc:
+                raise HTTPException(422, str(exc)) from exc
+        for result, png in zip(doc["results"], pictures, strict=True):
+            if png is not None:
+                result["picture_png_base64"] = base64.b64encode(png).decode("ascii")
         return AnalysisAnswer(**doc)
 
     @app.exception_handler(ValidationError)
@@ -152,19 +150,13 @@ def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> Fa
     return app
 
 
-def _safe_name(name: str | None, index: int) -> str:
-    """The upload's own name without folders (readers go by its suffix)."""
-    base = Path(name or "").name
-    return f"{index:03d}-{base}" if base and base not in (".", "..") else f"{index:03d}-upload"
-
-
-async def _save_uploads(files: list[UploadFile], folder: Path, max_bytes: int) -> list[Path]:
+async def _save_uploads(files: list[UploadFile], folder: Path, max_bytes: int) -> list[Upload]:
     """Each upload to a file in `folder`, refusing (413) once the total passes the limit."""
     if not files:
         raise HTTPException(422, "files: at least one file is needed")
     total, paths = 0, []
     for i, upload in enumerate(files):
-        path = folder / _safe_name(upload.filename, i)
+        path = folder / safe_upload_name(upload.filename, i)
         with path.open("wb") as out:
             while chunk := await upload.read(_CHUNK):
                 total += len(chunk)
@@ -175,17 +167,8 @@ async def _save_uploads(files: list[UploadFile], folder: Path, max_bytes: int) -
                         f"(at {upload.filename!r})",
                     )
                 out.write(chunk)
-        paths.append(path)
+        paths.append(Upload(str(upload.filename or path.name), path))
     return paths
-
-
-def _upload_names(message: str, paths: list[Path], files: list[UploadFile]) -> str:
-    """A reader's message with the server's temporary paths replaced by the upload names."""
-    for path, upload in zip(paths, files, strict=True):
-        message = message.replace(str(path), str(upload.filename)).replace(
-            path.name, str(upload.filename)
-        )
-    return message
 
 
 def run_server(cfg: ServiceConfig, host: str | None = None, port: int | None = None) -> None:

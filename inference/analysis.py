@@ -10,8 +10,10 @@ was trained for) is refused naming the field and the value.
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,9 @@ __all__ = [
     "DEFAULT_MODELS",
     "AnalysisParams",
     "AnalysisService",
+    "Upload",
     "kind_of_task",
+    "safe_upload_name",
 ]
 
 # kind -> the model `flakescan analyze KIND` uses when none is named
@@ -57,6 +61,22 @@ class AnalysisParams(BaseModel):
     dtype: str | None = Field(None, description="raw pacbed files: numpy dtype, e.g. <u2")
     shape: tuple[int, int] | None = Field(None, description="raw pacbed files: rows, cols")
     offset: int = Field(0, ge=0, description="raw pacbed files: header bytes to skip")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A file a client sent (HTTP upload, ZMQ frame), saved by the server under `path`;
+    answers and errors speak of it by the client's `name`."""
+
+    name: str
+    path: Path
+
+
+def safe_upload_name(name: str | None, index: int) -> str:
+    """A client's file name without folders, prefixed by its position (readers go by the
+    suffix; two uploads of one name do not collide)."""
+    base = Path(name or "").name
+    return f"{index:03d}-{base}" if base and base not in (".", "..") else f"{index:03d}-upload"
 
 
 class _Loaded:
@@ -114,11 +134,10 @@ class AnalysisService:
         return loaded
 
     def _build(self, model: str) -> _Loaded:
-        task = self.registry.resolve(model, None).card.task
-        kind = kind_of_task(task)
-        if kind is None:
-            raise ValueError(f"model {model!r} is a {task!r} model, not a diffraction analysis")
-        entry, backend = open_model(self.config, model, task)
+        kind = self.kind_of_model(model)
+        entry, backend = open_model(
+            self.config, model, self.registry.resolve(model, None).card.task
+        )
         if kind == "xrd":
             from .xrd import XrdIdentifier
 
@@ -133,7 +152,52 @@ class AnalysisService:
             analyzer = PhaseModel(backend, entry.card)
         return _Loaded(kind, entry, backend, analyzer)
 
+    def kind_of_model(self, model: str | Path) -> str:
+        """The analysis a registry model serves; ModelNotFound or ValueError naming it."""
+        task = self.registry.resolve(model, None).card.task
+        kind = kind_of_task(task)
+        if kind is None:
+            raise ValueError(
+                f"model = {str(model)!r} is a {task!r} model, not a diffraction analysis model"
+            )
+        return kind
+
     # -- analysis ---------------------------------------------------------------------------
+    def analyze_uploads(
+        self,
+        model: str,
+        uploads: Sequence[Upload],
+        params: AnalysisParams | None = None,
+        *,
+        picture: bool = False,
+    ) -> tuple[dict, list[bytes | None]]:
+        """A client's files with a named model: the answer speaks of the client's file
+        names (never the server's paths, in results or errors), and the validation
+        pictures come back as PNG bytes, one per file (None without `picture`)."""
+        kind = self.kind_of_model(model)
+        with tempfile.TemporaryDirectory(prefix="flakescan-pictures-") as tmp:
+            plot_dir = Path(tmp) if picture else None
+            try:
+                doc = self.analyze(
+                    kind, [u.path for u in uploads], params, model=model, plot_dir=plot_dir
+                )
+            except (ValueError, OSError) as exc:
+                message = str(exc)
+                for u in uploads:
+                    message = message.replace(str(u.path), u.name).replace(u.path.name, u.name)
+                if type(exc) in (ValueError, FileNotFoundError):
+                    raise type(exc)(message) from exc
+                raise ValueError(message) from exc
+            pictures: list[bytes | None] = []
+            for result, u in zip(doc["results"], uploads, strict=True):
+                for key, value in list(result.items()):
+                    if value == str(u.path):
+                        result[key] = u.name
+                result["source"] = u.name
+                path = result.pop("picture", None)
+                pictures.append(Path(path).read_bytes() if path else None)
+        return doc, pictures
+
     def analyze(
         self,
         kind: str,
