@@ -33,16 +33,28 @@ class ControlClient:
         )
 
     def send_raw(self, payload: bytes) -> dict[str, Any]:
+        return self._exchange([payload])[0]
+
+    def request_frames(
+        self, method: str, params: dict[str, Any], frames: list[bytes]
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """A request with binary frames after its JSON (arrays, files: never pickled);
+        the reply and its own binary frames (e.g. `analyze`'s PNG pictures)."""
+        payload = json.dumps({"method": method, "params": params}).encode()
+        return self._exchange([payload, *frames])
+
+    def _exchange(self, frames: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
         sock = self._ctx.socket(zmq.REQ)
         sock.setsockopt(zmq.LINGER, 0)
         try:
             sock.connect(self.endpoint)
-            sock.send(payload)
+            sock.send_multipart(frames)
             if not sock.poll(int(self.timeout_s * 1000)):
                 raise DaemonUnreachable(
                     f"no daemon answered on {self.endpoint} within {self.timeout_s:g} s"
                 )
-            return json.loads(sock.recv())
+            answer, *extra = sock.recv_multipart()
+            return json.loads(answer), extra
         finally:
             sock.close()
 

@@ -11,10 +11,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from flakescan.inference.analysis import AnalysisParams
+
 from .scan_plan import RegionUm
 
 __all__ = [
     "METHODS",
+    "AnalyzeInput",
+    "AnalyzeParams",
     "EmptyParams",
     "FlakesParams",
     "GotoFlakeParams",
@@ -58,6 +62,24 @@ class FlakesParams(_Params):
     limit: int = Field(1000, ge=1, le=100000)
 
 
+class AnalyzeInput(_Params):
+    """One input of `analyze`: the bytes of binary frame `frame` (1 = the first after the
+    JSON). A file as written (its `name`'s suffix says the format: .npy, .dm4, .xy, .hkl ...),
+    or with `dtype` and `shape` a bare C-order array (never a pickle)."""
+
+    name: str = Field(..., min_length=1, max_length=255)
+    frame: int = Field(..., ge=1)
+    dtype: str | None = Field(None, max_length=16)
+    shape: list[int] | None = Field(None, min_length=1, max_length=4)
+
+
+class AnalyzeParams(_Params):
+    model: str = Field(..., min_length=1)
+    inputs: list[AnalyzeInput] = Field(..., min_length=1, max_length=256)
+    params: AnalysisParams = AnalysisParams()
+    picture: bool = False  # the validation pictures as PNG frames after the JSON
+
+
 METHODS: dict[str, type[_Params]] = {
     "status": EmptyParams,
     "scan_start": ScanStartParams,
@@ -66,6 +88,7 @@ METHODS: dict[str, type[_Params]] = {
     "flakes": FlakesParams,
     "scans": EmptyParams,
     "shutdown": EmptyParams,
+    "analyze": AnalyzeParams,
 }
 
 

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from sqlalchemy import Engine
@@ -29,6 +30,8 @@ from .assembly import Components, StartupError, open_components, scan_request, s
 from .config import ServiceConfig
 from .events import EventPublisher
 from .protocol import (
+    AnalyzeInput,
+    AnalyzeParams,
     FlakesParams,
     GotoFlakeParams,
     ProtocolError,
@@ -40,6 +43,9 @@ from .scan import ScanOutcome, ScanRunner
 from .state import DaemonState, StateMachine
 
 __all__ = ["Daemon", "StartupError"]
+
+if TYPE_CHECKING:
+    from flakescan.inference.analysis import AnalysisService, Upload
 
 log = logging.getLogger(__name__)
 _POLL_MS = 100
@@ -71,6 +77,7 @@ class Daemon:
         self.microscope: Microscope | None = None
         self.runner: ScanRunner | None = None
         self.components: Components | None = None
+        self._analysis: AnalysisService | None = None  # built at the first `analyze`
 
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -154,22 +161,29 @@ class Daemon:
                 next_beat = time.monotonic() + self.config.zmq.heartbeat_s
             if not poller.poll(_POLL_MS):
                 continue
-            raw = self.rep.recv()
-            answer = self.handle(raw)
-            self.rep.send(json.dumps(answer, default=str).encode())
+            raw, *frames = self.rep.recv_multipart()
+            answer, extra = self.handle_frames(raw, frames)
+            self.rep.send_multipart([json.dumps(answer, default=str).encode(), *extra])
 
     def handle(self, raw: bytes) -> dict[str, Any]:
-        """One control request to one reply; never raises."""
+        """One single-frame control request to its JSON reply; never raises."""
+        return self.handle_frames(raw, [])[0]
+
+    def handle_frames(self, raw: bytes, frames: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+        """One request (JSON, then any binary frames) to its reply and the reply's binary
+        frames; never raises."""
         try:
             method, params = parse_request(raw)
         except ProtocolError as exc:
-            return reply(False, str(exc))
+            return reply(False, str(exc)), []
         handler = getattr(self, f"_do_{method}")  # looked up outside the try below
         try:
-            return handler(params)
+            if method == "analyze":
+                return handler(params, frames)
+            return handler(params), []
         except Exception as exc:  # a handler fault is a reply, not a dead daemon
             log.exception("%s failed", method)
-            return reply(False, f"{method} failed: {type(exc).__name__}: {exc}")
+            return reply(False, f"{method} failed: {type(exc).__name__}: {exc}"), []
 
     # -- state ----------------------------------------------------------------------------
     def _state_changed(self, old: DaemonState, new: DaemonState, reason: str) -> None:
@@ -270,6 +284,69 @@ class Daemon:
         rows = list_scans(self.engine)
         return reply(True, f"{len(rows)} scans", scans=rows)
 
+    def _do_analyze(
+        self, p: AnalyzeParams, frames: list[bytes]
+    ) -> tuple[dict[str, Any], list[bytes]]:
+        """A diffraction analysis of the request's binary frames, by the same service as
+        `flakescan analyze` and the HTTP API; pictures come back as PNG frames."""
+        from flakescan.inference.analysis import AnalysisService
+        from flakescan.inference.registry import ModelNotFound
+
+        if self._analysis is None:
+            self._analysis = AnalysisService(self.config.models)
+        with tempfile.TemporaryDirectory(prefix="flakescan-analyze-") as tmp:
+            try:
+                uploads = [
+                    _saved_input(i, inp, frames, Path(tmp)) for i, inp in enumerate(p.inputs)
+                ]
+                doc, pictures = self._analysis.analyze_uploads(
+                    p.model, uploads, p.params, picture=p.picture
+                )
+            except (ModelNotFound, ValueError, OSError) as exc:
+                return reply(False, f"analyze refused: {exc}"), []
+        extra: list[bytes] = []
+        for result, png in zip(doc["results"], pictures, strict=True):
+            if png is not None:
+                extra.append(png)
+                result["picture_frame"] = len(extra)
+        return reply(True, f"{len(doc['results'])} analysed", **doc), extra
+
     def _do_shutdown(self, _params: object) -> dict[str, Any]:
         self._stop_requested.set()
         return reply(True, "shutting down")
+
+
+def _saved_input(index: int, inp: AnalyzeInput, frames: list[bytes], folder: Path) -> Upload:
+    """One `analyze` input written to `folder`: a file's bytes as they came, or a bare array
+    (dtype and shape) as .npy; ValueError names the input and the fault."""
+    import numpy as np
+
+    from flakescan.inference.analysis import Upload, safe_upload_name
+
+    where = f"inputs[{index}]"
+    if inp.frame > len(frames):
+        raise ValueError(
+            f"{where}.frame = {inp.frame}: the request has {len(frames)} binary frame(s)"
+        )
+    data = frames[inp.frame - 1]
+    path = folder / safe_upload_name(inp.name, index)
+    if inp.dtype is None and inp.shape is None:
+        path.write_bytes(data)
+        return Upload(inp.name, path)
+    if inp.dtype is None or inp.shape is None:
+        raise ValueError(f"{where}: a bare array needs both dtype and shape")
+    try:
+        dtype = np.dtype(inp.dtype)
+    except TypeError as exc:
+        raise ValueError(f"{where}.dtype = {inp.dtype!r}: not a numpy dtype") from exc
+    if dtype.hasobject or any(n <= 0 for n in inp.shape):
+        raise ValueError(f"{where}: dtype {inp.dtype!r} with shape {inp.shape} is not an image")
+    expected = int(np.prod(inp.shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise ValueError(
+            f"{where}: frame {inp.frame} has {len(data)} bytes, dtype {inp.dtype!r} with shape "
+            f"{inp.shape} needs {expected}"
+        )
+    path = path.with_name(path.name + ".npy")
+    np.save(path, np.frombuffer(data, dtype).reshape(inp.shape))
+    return Upload(inp.name, path)

@@ -1,0 +1,94 @@
+"""`analyze` over the daemon's ZMQ control socket: files and bare arrays as binary frames.
+
+The daemon runs as a subprocess; its answers must equal the local `AnalysisService` (the
+code `flakescan analyze` and the HTTP API run) for the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flakescan.inference.analysis import AnalysisParams, AnalysisService
+from flakescan.simulators.xrd_dataset import simulate_xrd_set, write_xy
+
+pytestmark = pytest.mark.slow
+
+
+def _disc(seed: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[:150, :160]
+    r = np.hypot(yy - 74.2, xx - 81.7)
+    disc = (r < 38) * (1 + 0.3 * np.cos(r / 3.0)) + 0.01
+    return np.random.default_rng(seed).poisson(disc * 500).astype(np.uint16)
+
+
+def _strip_source(doc: dict, name: str) -> list[dict]:
+    out = []
+    for r in doc["results"]:
+        r = dict(r)
+        assert r.pop("source").endswith(name)
+        r.pop("picture_frame", None)
+        out.append(json.loads(json.dumps(r)))
+    return out
+
+
+def test_analyze_over_zmq_equals_the_local_service(start_daemon, tmp_path):
+    d = start_daemon()
+    s = simulate_xrd_set(1, seed=5, n_anomaly=0)
+    xy = tmp_path / "powder.xy"
+    write_xy(xy, s.counts[0], "simulated")
+    disc = _disc()
+    np.save(tmp_path / "disc.npy", disc)
+    local = AnalysisService()
+
+    answer, frames = d.client.request_frames(
+        "analyze",
+        {"model": "xrd_cnn1d", "inputs": [{"name": "powder.xy", "frame": 1}], "picture": True},
+        [xy.read_bytes()],
+    )
+    assert answer["success"], answer["msg"]
+    assert _strip_source(answer, "powder.xy") == _strip_source(
+        local.analyze("xrd", [xy], model="xrd_cnn1d"), "powder.xy"
+    )
+    (png,) = frames
+    assert answer["results"][0]["picture_frame"] == 1 and png[:4] == b"\x89PNG"
+
+    params = {"conv_angle_mrad": 20.0, "energy_kev": 300.0}
+    bare = {"name": "frame-0001", "frame": 1, "dtype": "<u2", "shape": list(disc.shape)}
+    answer, frames = d.client.request_frames(
+        "analyze",
+        {"model": "pacbed_srtio3", "inputs": [bare], "params": params},
+        [disc.astype("<u2").tobytes()],
+    )
+    assert answer["success"], answer["msg"]
+    assert frames == []  # no picture asked for
+    expected = local.analyze(
+        "pacbed", [tmp_path / "disc.npy"], AnalysisParams(**params), model="pacbed_srtio3"
+    )
+    assert _strip_source(answer, "frame-0001") == _strip_source(expected, "disc.npy")
+
+    refusals = [
+        ({"model": "xrd_cnn1d", "inputs": [{"name": "a.xy", "frame": 2}]}, [b"1 2\n"], "frame = 2"),
+        (
+            {"model": "pacbed_srtio3", "inputs": [{**bare, "shape": [10, 10]}], "params": params},
+            [disc.tobytes()],
+            "needs 200",
+        ),
+        ({"model": "nope", "inputs": [{"name": "a.xy", "frame": 1}]}, [b""], "no model named"),
+        (
+            {"model": "pacbed_srtio3", "inputs": [bare], "params": {"conv_angle_mrad": -3}},
+            [disc.tobytes()],
+            "params.conv_angle_mrad = -3",
+        ),
+        (
+            {"model": "flake_classifier_cnn4", "inputs": [{"name": "a.xy", "frame": 1}]},
+            [xy.read_bytes()],
+            "not a diffraction analysis model",
+        ),
+    ]
+    for params_, frames_, words in refusals:
+        answer, _ = d.client.request_frames("analyze", params_, frames_)
+        assert answer["success"] is False and words in answer["msg"], (words, answer["msg"])
+    assert d.client.request("status")["state"] == "idle" and d.proc.poll() is None
