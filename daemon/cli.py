@@ -366,7 +366,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from flakescan.inference.backends import BackendUnavailable
     from flakescan.inference.registry import ModelNotFound
 
-    from .analyze import run_analysis
+    from .analyze import RemoteError, run_analysis
 
     try:
         print(run_analysis(args, _config(args)))
@@ -375,6 +375,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except BackendUnavailable as exc:
         _err(f"backend unavailable: {exc}")
+        return EXIT_FAIL
+    except RemoteError as exc:
+        _err(str(exc))
         return EXIT_FAIL
     except ImportError as exc:
         _err(f"analysis needs the diffraction extra: pip install 'flakescan[diffraction]' ({exc})")
@@ -512,6 +515,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("--model", help="model name in the registry, or a .onnx path")
     sp.add_argument("--plot-dir", type=Path, help="write <file>.<kind>.png pictures here")
+    sp.add_argument("--server", help="a running `flakescan serve`, e.g. http://127.0.0.1:8765")
     sp.add_argument(
         "--system",
         help="pacbed: material system (register ID or name, e.g. 1 or SrTiO3); picks its model",

@@ -77,14 +77,19 @@ def _between(value: float, bounds: tuple[float, float]) -> bool:
 
 
 def model_for_system(
-    registry: ModelRegistry, system: int | str, conv_angle_mrad: float | None = None
+    models: ModelRegistry | Sequence[ModelEntry],
+    system: int | str,
+    conv_angle_mrad: float | None = None,
 ) -> ModelEntry:
     """The PACBED model trained for a material system (register ID or name), as the seed keyed
     its models by system ID. Of several, the first in registry order (a lab's folders before
     the shipped models) whose convergence angles cover `conv_angle_mrad` when it is given;
-    ModelNotFound names the systems the registry has models for."""
+    ModelNotFound names the systems the registry has models for. `models` is a registry, or
+    the entries a server listed."""
     key = str(system).strip().lower()
-    models = registry.entries(PACBED_TASK)
+    if isinstance(models, ModelRegistry):
+        models = models.entries(PACBED_TASK)
+    models = [e for e in models if e.card.task == PACBED_TASK]
 
     def system_of(entry: ModelEntry) -> dict:
         return (entry.card.training.get("pacbed") or {}).get("system") or {}

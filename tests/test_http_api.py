@@ -182,3 +182,32 @@ def test_flakescan_serve_runs_the_service_and_refuses_a_network_host(tmp_path, c
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+def test_analyze_with_server_gives_the_local_answer(server, files, tmp_path, capsys):
+    from flakescan.daemon.cli import main as cli
+
+    url, _ = server
+    runs = [
+        ["xrd", str(files["xrd"])],
+        ["pacbed", str(files["pacbed"]), "--system", "SrTiO3", "--conv-angle-mrad", "20"],
+        ["phase", str(files["phase"])],
+    ]
+    for argv in runs:
+        assert cli(["analyze", *argv]) == 0
+        local = json.loads(capsys.readouterr().out)
+        assert cli(["analyze", *argv, "--server", url]) == 0
+        remote = json.loads(capsys.readouterr().out)
+        assert remote == local, argv
+    plots = tmp_path / "plots"
+    assert (
+        cli(["analyze", "xrd", str(files["xrd"]), "--server", url, "--plot-dir", str(plots)]) == 0
+    )
+    (r,) = json.loads(capsys.readouterr().out)["results"]
+    assert Path(r["picture"]) == plots / "hbn.xrd.png" and (plots / "hbn.xrd.png").stat().st_size
+    assert (
+        cli(["analyze", "pacbed", str(files["pacbed"]), "--server", url, "--energy-kev", "80"]) == 2
+    )
+    assert "energy_kev = 80" in capsys.readouterr().err
+    assert cli(["analyze", "xrd", str(files["xrd"]), "--server", "http://127.0.0.1:9"]) == 1
+    assert "--server http://127.0.0.1:9" in capsys.readouterr().err
