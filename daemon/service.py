@@ -47,6 +47,8 @@ __all__ = ["Daemon", "StartupError"]
 if TYPE_CHECKING:
     from flakescan.inference.analysis import AnalysisService, Upload
 
+    from .http_api import HttpServerThread
+
 log = logging.getLogger(__name__)
 _POLL_MS = 100
 
@@ -78,6 +80,7 @@ class Daemon:
         self.runner: ScanRunner | None = None
         self.components: Components | None = None
         self._analysis: AnalysisService | None = None  # built at the first `analyze`
+        self._http: HttpServerThread | None = None
 
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -103,6 +106,8 @@ class Daemon:
                 f"cannot listen on {cfg.zmq.control} / {cfg.zmq.events}: {exc}"
             ) from exc
         self.events = EventPublisher(self.pub, cfg.instrument)
+        if cfg.http.enabled:
+            self._start_http()
         self.engine = self.components.engine
         self.microscope = self.components.microscope
         self.runner = self.components.runner
@@ -113,6 +118,28 @@ class Daemon:
             cfg.zmq.events,
             cfg.database_url(self.state_dir),
         )
+
+    def _analysis_service(self) -> AnalysisService:
+        from flakescan.inference.analysis import AnalysisService
+
+        if self._analysis is None:
+            self._analysis = AnalysisService(self.config.models)
+        return self._analysis
+
+    def _start_http(self) -> None:
+        """`[http] enabled`: the analysis service over HTTP on the daemon's own models."""
+        from .http_api import HttpServerThread
+
+        self._http = HttpServerThread(self.config, self._analysis_service())
+        try:
+            url = self._http.start()
+        except RuntimeError as exc:
+            self._http = None
+            self._close_sockets()
+            assert self.components is not None
+            self.components.close()
+            raise StartupError(str(exc)) from exc
+        log.info("analysis service on %s", url)
 
     def _publish(self, topic: str, data: dict[str, Any]) -> dict[str, Any]:
         """The runner publishes through this, so the socket can be bound after assembly."""
@@ -141,6 +168,9 @@ class Daemon:
             if self.runner is not None:
                 self.runner.cancel()
             self._reap_scan()
+        if self._http is not None:
+            self._http.stop()
+            self._http = None
         if self.components is not None:
             self.components.close()
             self.components = None
@@ -224,6 +254,7 @@ class Daemon:
             models=self.components.describe_models() if self.components else None,
             database=self.config.database_url(self.state_dir),
             events_seq=self.events.seq,
+            http=self._http.url if self._http is not None else None,
         )
 
     def _do_scan_start(self, p: ScanStartParams) -> dict[str, Any]:
@@ -289,17 +320,14 @@ class Daemon:
     ) -> tuple[dict[str, Any], list[bytes]]:
         """A diffraction analysis of the request's binary frames, by the same service as
         `flakescan analyze` and the HTTP API; pictures come back as PNG frames."""
-        from flakescan.inference.analysis import AnalysisService
         from flakescan.inference.registry import ModelNotFound
 
-        if self._analysis is None:
-            self._analysis = AnalysisService(self.config.models)
         with tempfile.TemporaryDirectory(prefix="flakescan-analyze-") as tmp:
             try:
                 uploads = [
                     _saved_input(i, inp, frames, Path(tmp)) for i, inp in enumerate(p.inputs)
                 ]
-                doc, pictures = self._analysis.analyze_uploads(
+                doc, pictures = self._analysis_service().analyze_uploads(
                     p.model, uploads, p.params, picture=p.picture
                 )
             except (ModelNotFound, ValueError, OSError) as exc:

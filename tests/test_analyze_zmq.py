@@ -14,6 +14,8 @@ import pytest
 from flakescan.inference.analysis import AnalysisParams, AnalysisService
 from flakescan.simulators.xrd_dataset import simulate_xrd_set, write_xy
 
+from .conftest import free_port
+
 pytestmark = pytest.mark.slow
 
 
@@ -92,3 +94,35 @@ def test_analyze_over_zmq_equals_the_local_service(start_daemon, tmp_path):
         answer, _ = d.client.request_frames("analyze", params_, frames_)
         assert answer["success"] is False and words in answer["msg"], (words, answer["msg"])
     assert d.client.request("status")["state"] == "idle" and d.proc.poll() is None
+
+
+def test_the_daemon_serves_http_on_the_same_models_when_enabled(start_daemon, tmp_path):
+    import httpx
+
+    port = free_port()
+    d = start_daemon({"http": {"enabled": True, "port": port}})
+    status = d.client.request("status")
+    assert status["http"] == f"http://127.0.0.1:{port}"
+    disc = _disc(1)
+    np.save(tmp_path / "disc.npy", disc)
+    params = {"conv_angle_mrad": 20.0}
+    with (tmp_path / "disc.npy").open("rb") as fh:
+        reply = httpx.post(
+            f"{status['http']}/v1/analyze/pacbed_srtio3",
+            files=[("files", ("disc.npy", fh))],
+            data={"params": json.dumps(params)},
+            timeout=60,
+        )
+    assert reply.status_code == 200, reply.text
+    bare = {"name": "disc.npy", "frame": 1, "dtype": "<u2", "shape": list(disc.shape)}
+    answer, _ = d.client.request_frames(
+        "analyze",
+        {"model": "pacbed_srtio3", "inputs": [bare], "params": params},
+        [disc.astype("<u2").tobytes()],
+    )
+    assert answer["success"], answer["msg"]
+    assert _strip_source(reply.json(), "disc.npy") == _strip_source(answer, "disc.npy")
+    health = httpx.get(f"{status['http']}/v1/health").json()
+    assert health["models_loaded"] == ["pacbed_srtio3"]  # one model, loaded once for both
+    assert d.client.request("shutdown")["success"]
+    assert d.proc.wait(timeout=30) == 0
