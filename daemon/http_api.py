@@ -21,7 +21,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ValidationError
 
 from flakescan.inference.analysis import (
@@ -29,7 +29,7 @@ from flakescan.inference.analysis import (
     AnalysisService,
     Upload,
     kind_of_task,
-    safe_upload_name,
+    upload_path,
 )
 from flakescan.inference.registry import ModelNotFound
 
@@ -86,6 +86,13 @@ def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> Fa
         description="Powder-XRD phases, PACBED thickness and mistilt, structure-factor "
         "phases, with the models of the registry.",
     )
+
+    form = (Path(__file__).with_name("http_form.html")).read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def browser_form() -> str:
+        """Choose a model, upload a file, see the result and the validation picture."""
+        return form
 
     @app.get("/v1/health", response_model=Health)
     def health() -> Health:
@@ -158,7 +165,7 @@ async def _save_uploads(files: list[UploadFile], folder: Path, max_bytes: int) -
         raise HTTPException(422, "files: at least one file is needed")
     total, paths = 0, []
     for i, upload in enumerate(files):
-        path = folder / safe_upload_name(upload.filename, i)
+        path = upload_path(folder, upload.filename, i)
         with path.open("wb") as out:
             while chunk := await upload.read(_CHUNK):
                 total += len(chunk)

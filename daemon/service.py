@@ -349,7 +349,7 @@ def _saved_input(index: int, inp: AnalyzeInput, frames: list[bytes], folder: Pat
     (dtype and shape) as .npy; ValueError names the input and the fault."""
     import numpy as np
 
-    from flakescan.inference.analysis import Upload, safe_upload_name
+    from flakescan.inference.analysis import Upload, upload_path
 
     where = f"inputs[{index}]"
     if inp.frame > len(frames):
@@ -357,7 +357,7 @@ def _saved_input(index: int, inp: AnalyzeInput, frames: list[bytes], folder: Pat
             f"{where}.frame = {inp.frame}: the request has {len(frames)} binary frame(s)"
         )
     data = frames[inp.frame - 1]
-    path = folder / safe_upload_name(inp.name, index)
+    path = upload_path(folder, inp.name, index)
     if inp.dtype is None and inp.shape is None:
         path.write_bytes(data)
         return Upload(inp.name, path)

@@ -29,7 +29,7 @@ __all__ = [
     "AnalysisService",
     "Upload",
     "kind_of_task",
-    "safe_upload_name",
+    "upload_path",
 ]
 
 # kind -> the model `flakescan analyze KIND` uses when none is named
@@ -72,11 +72,14 @@ class Upload:
     path: Path
 
 
-def safe_upload_name(name: str | None, index: int) -> str:
-    """A client's file name without folders, prefixed by its position (readers go by the
-    suffix; two uploads of one name do not collide)."""
+def upload_path(folder: Path, name: str | None, index: int) -> Path:
+    """Where a server keeps a client's file: its own name without folders (readers go by the
+    suffix, pictures show the name), in a subfolder per position so two uploads of one name
+    do not collide."""
     base = Path(name or "").name
-    return f"{index:03d}-{base}" if base and base not in (".", "..") else f"{index:03d}-upload"
+    sub = Path(folder) / f"{index:03d}"
+    sub.mkdir(parents=True, exist_ok=True)
+    return sub / (base if base and base not in (".", "..") else "upload")
 
 
 class _Loaded:
@@ -184,7 +187,7 @@ class AnalysisService:
             except (ValueError, OSError) as exc:
                 message = str(exc)
                 for u in uploads:
-                    message = message.replace(str(u.path), u.name).replace(u.path.name, u.name)
+                    message = message.replace(str(u.path), u.name)
                 if type(exc) in (ValueError, FileNotFoundError):
                     raise type(exc)(message) from exc
                 raise ValueError(message) from exc

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -211,3 +212,32 @@ def test_analyze_with_server_gives_the_local_answer(server, files, tmp_path, cap
     assert "energy_kev = 80" in capsys.readouterr().err
     assert cli(["analyze", "xrd", str(files["xrd"]), "--server", "http://127.0.0.1:9"]) == 1
     assert "--server http://127.0.0.1:9" in capsys.readouterr().err
+
+
+def test_the_browser_form_in_headless_chromium(server, files, tmp_path):
+    """The form from GET /: choose a model, upload, read the answer on the page."""
+    from .browser import analyse_in_form, browser_page, chromium_missing
+
+    missing = chromium_missing()
+    if missing and os.environ.get("FLAKESCAN_REQUIRE_BROWSER"):  # CI: must run
+        pytest.fail(missing)
+    if missing:
+        pytest.skip(missing)
+    url, service = server
+    local = service.analyze("xrd", [files["xrd"]], model="xrd_cnn1d")["results"][0]
+    with browser_page() as page:
+        summary, error = analyse_in_form(page, url, "xrd_cnn1d", [files["xrd"]])
+        assert error == "" and summary == f"hbn.xy: {local['phase']}"
+        assert page.evaluate("document.querySelector('#pictures img').naturalWidth") > 500
+        shown = json.loads(page.text_content("#result"))
+        assert shown["results"][0]["probabilities"] == local["probabilities"]
+        page.screenshot(path=str(tmp_path / "form.png"))
+        assert (tmp_path / "form.png").stat().st_size > 20_000
+
+        fields = {"conv_angle_mrad": 40}
+        summary, error = analyse_in_form(page, url, "pacbed_srtio3", [files["pacbed"]], fields)
+        assert summary == "" and "HTTP 422" in error and "conv_angle_mrad = 40.0" in error
+        assert page.is_visible("#pacbed-fields") and "SrTiO3" in page.text_content("#model-info")
+        fields = {"conv_angle_mrad": 20, "energy_kev": 300, "zone_axis": "[001]"}
+        summary, error = analyse_in_form(page, url, "pacbed_srtio3", [files["pacbed"]], fields)
+        assert error == "" and summary.startswith("disc.npy: thickness ")
