@@ -126,3 +126,35 @@ def test_the_daemon_serves_http_on_the_same_models_when_enabled(start_daemon, tm
     assert health["models_loaded"] == ["pacbed_srtio3"]  # one model, loaded once for both
     assert d.client.request("shutdown")["success"]
     assert d.proc.wait(timeout=30) == 0
+
+
+def test_the_python_client_over_zmq_analyses_and_drives_a_scan(start_daemon, tmp_path):
+    from flakescan.client import Client, ClientError, PacbedResult
+
+    d = start_daemon()
+    client = Client(control=d.control, events=d.events)
+    disc = _disc(2)
+    np.save(tmp_path / "disc.npy", disc)
+    (r,) = client.analyze(disc, "pacbed_srtio3", conv_angle_mrad=20.0, picture=True).results
+    local = AnalysisService().analyze(
+        "pacbed",
+        [tmp_path / "disc.npy"],
+        AnalysisParams(conv_angle_mrad=20.0),
+        model="pacbed_srtio3",
+    )["results"][0]
+    assert isinstance(r, PacbedResult) and r.thickness_nm == local["thickness_nm"]
+    assert r.picture_png[:4] == b"\x89PNG"
+    with pytest.raises(ClientError, match="no model named 'nope'"):
+        client.analyze(disc, "nope")
+    assert client.status()["state"] == "idle"
+    events = client.events(topics=("scan.",), timeout_s=60)
+    started = client.start_scan(region_um=[1000.0, 1000.0, 1500.0, 1400.0], chip_id="client")
+    for event in events:
+        if event["topic"] in ("scan.finished", "scan.failed"):
+            break
+    assert event["topic"] == "scan.finished" and event["data"]["scan_id"] == started["scan_id"]
+    rows = client.flakes(scan_id=started["scan_id"])
+    assert all(row["scan_id"] == started["scan_id"] for row in rows)
+    assert started["scan_id"] in {s["id"] for s in client.scans()}
+    with pytest.raises(ClientError, match="no flake with id 99999"):
+        client.goto_flake(99999)

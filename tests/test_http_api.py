@@ -241,3 +241,30 @@ def test_the_browser_form_in_headless_chromium(server, files, tmp_path):
         fields = {"conv_angle_mrad": 20, "energy_kev": 300, "zone_axis": "[001]"}
         summary, error = analyse_in_form(page, url, "pacbed_srtio3", [files["pacbed"]], fields)
         assert error == "" and summary.startswith("disc.npy: thickness ")
+
+
+def test_the_python_client_over_http(server, files):
+    from flakescan.client import Client, ClientError, PacbedResult, XrdResult
+
+    url, service = server
+    client = Client(url)
+    assert "pacbed_srtio3" in {m["name"] for m in client.models()}
+    answer = client.analyze(files["xrd"], "xrd_cnn1d", picture=True)
+    (r,) = answer.results
+    local = service.analyze("xrd", [files["xrd"]], model="xrd_cnn1d")["results"][0]
+    assert isinstance(r, XrdResult) and r.phase == local["phase"] and r.source == "hbn.xy"
+    assert r.probabilities == local["probabilities"] and r.picture_png[:4] == b"\x89PNG"
+    image = np.load(files["pacbed"])
+    answer = client.analyze(image, "pacbed_srtio3", conv_angle_mrad=20.0)
+    (p,) = answer.results
+    expected = service.analyze(
+        "pacbed", [files["pacbed"]], AnalysisParams(conv_angle_mrad=20.0), model="pacbed_srtio3"
+    )["results"][0]
+    assert isinstance(p, PacbedResult) and p.thickness_nm == expected["thickness_nm"]
+    assert p.mistilt_mrad == expected["mistilt_mrad"] and p.picture_png is None
+    with pytest.raises(ClientError, match=r"conv_angle_mrad = 40\.0 is outside"):
+        client.analyze(image, "pacbed_srtio3", conv_angle_mrad=40.0)
+    with pytest.raises(ValueError, match=r"inputs\[0\]: an image array must be 2-D"):
+        client.analyze(np.zeros(5), "pacbed_srtio3")
+    with pytest.raises(ClientError, match="HTTP 404"):
+        client.analyze(files["xrd"], "no_such_model")
