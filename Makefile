@@ -51,6 +51,7 @@ bench: $(VENV)/.dev-installed
 	$(BIN)/python bench/bench_tile.py
 	$(BIN)/python bench/bench_classifier.py
 	$(BIN)/python bench/bench_analysis.py
+	$(BIN)/python bench/bench_http.py
 
 clean-demo:
 	rm -rf $(DEMO_STATE)
