@@ -38,6 +38,7 @@ from .config import HttpConfig, ServiceConfig
 __all__ = ["HttpServerThread", "create_app", "run_server"]
 
 _CHUNK = 1 << 20
+_FORM_OVERHEAD = 1 << 16  # multipart boundaries, headers and the params field
 
 
 class Health(BaseModel):
@@ -88,6 +89,18 @@ def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> Fa
     )
 
     form = (Path(__file__).with_name("http_form.html")).read_text(encoding="utf-8")
+
+    @app.middleware("http")
+    async def _refuse_oversized(request: Request, call_next):
+        """A body announced larger than the limit is refused before it is read at all."""
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > max_bytes + _FORM_OVERHEAD:
+            detail = (
+                f"files: the request's {int(length) / 2**20:.1f} MB pass max_upload_mb = "
+                f"{max_bytes / 2**20:g}"
+            )
+            return JSONResponse({"detail": detail}, status_code=413)
+        return await call_next(request)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def browser_form() -> str:
