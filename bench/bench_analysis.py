@@ -70,7 +70,7 @@ def main() -> int:
     for threads in (1, 2):
         an = PacbedAnalyzer(pac_entry, create_backend(pac_entry.path, intra_op_threads=threads))
         it = iter(patterns * 2)
-        ms = _median_ms(lambda an=an, it=it: an.analyze_images([next(it)]), a.repeats)
+        ms = _median_ms(lambda an=an, it=it: an.analyze_images([next(it)], 20.0), a.repeats)
         rows.append(("PACBED, whole analysis", threads, 1, ms))
 
     from flakescan.simulators.xrd_dataset import simulate_xrd_set

@@ -18,7 +18,7 @@ from flakescan.simulators.pacbed_augment import poisson_noise, transform
 TILT = (3.3, 1.4)  # mrad: off the 1 and 2 mrad library grids, in no symmetry wedge's corner
 
 
-@pytest.mark.parametrize("system", ["SrTiO3"])
+@pytest.mark.parametrize("system", ["SrTiO3", "TiO2-rutile"])
 def test_shipped_model_reads_a_fresh_series_between_trained_angles(system):
     entry = model_for_system(ModelRegistry(), system)
     spec = entry.card.training["pacbed"]
