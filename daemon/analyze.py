@@ -31,6 +31,8 @@ def params_from_args(args: argparse.Namespace) -> AnalysisParams:
         system=args.system,
         dtype=args.dtype,
         shape=tuple(args.shape) if args.shape else None,
+        pixel_size_um=args.pixel_size_um,
+        srgb=not args.linear,
     )
 
 
@@ -42,7 +44,7 @@ def run_analysis(args: argparse.Namespace, cfg: ServiceConfig) -> str:
     """The JSON text of an analysis (raises ValueError/FileNotFoundError on bad input)."""
     if getattr(args, "server", None):
         return json.dumps(_remote(args), indent=1)
-    doc = AnalysisService(cfg.models).analyze(
+    doc = AnalysisService(cfg.models, cfg.preselection).analyze(
         args.kind,
         args.files,
         params_from_args(args),

@@ -528,6 +528,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--library", type=Path, help="pacbed: a library, for the best-match picture")
     sp.add_argument("--dtype", help="pacbed, raw files: numpy dtype, e.g. '<u2'")
     sp.add_argument("--shape", type=int, nargs=2, metavar=("ROWS", "COLS"), help="raw files")
+    sp.add_argument("--pixel-size-um", type=float, help="flake: micrometres per image pixel")
+    sp.add_argument(
+        "--linear", action="store_true", help="flake: the image is linear (not sRGB-encoded)"
+    )
 
     sp = add("serve", cmd_serve)
     sp.add_argument("--host", help="address (default: [http] host, loopback)")

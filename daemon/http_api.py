@@ -77,7 +77,7 @@ def _field_errors(exc: ValidationError) -> list[dict[str, Any]]:
 
 def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> FastAPI:
     """The FastAPI application (uvicorn serves it; tests start it on a free port)."""
-    service = service or AnalysisService(cfg.models)
+    service = service or AnalysisService(cfg.models, cfg.preselection)
     __version__ = version("flakescan")
     limiter = anyio.CapacityLimiter(cfg.http.workers)
     max_bytes = int(cfg.http.max_upload_mb * 1024 * 1024)

@@ -123,7 +123,7 @@ class Daemon:
         from flakescan.inference.analysis import AnalysisService
 
         if self._analysis is None:
-            self._analysis = AnalysisService(self.config.models)
+            self._analysis = AnalysisService(self.config.models, self.config.preselection)
         return self._analysis
 
     def _start_http(self) -> None:

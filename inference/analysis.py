@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .config import ModelsConfig
+from .config import ModelsConfig, PreselectionConfig
 from .registry import ModelEntry, ModelRegistry, open_model
 
 __all__ = [
@@ -33,9 +33,19 @@ __all__ = [
 ]
 
 # kind -> the model `flakescan analyze KIND` uses when none is named
-DEFAULT_MODELS = {"xrd": "xrd_cnn1d", "pacbed": "pacbed_srtio3", "phase": "phase_unet"}
+DEFAULT_MODELS = {
+    "xrd": "xrd_cnn1d",
+    "pacbed": "pacbed_srtio3",
+    "phase": "phase_unet",
+    "flake": "flake_classifier_cnn4",
+}
 ANALYSIS_KINDS = tuple(DEFAULT_MODELS)
-_TASK_KINDS = {"xrd-phase": "xrd", "pacbed": "pacbed", "phase-retrieval": "phase"}
+_TASK_KINDS = {
+    "xrd-phase": "xrd",
+    "pacbed": "pacbed",
+    "phase-retrieval": "phase",
+    "flake-classifier": "flake",  # with the configured axis model: the scan's tile pipeline
+}
 _ENERGY_TOLERANCE = 0.01  # relative: 300 kV and 299.5 kV are the same microscope setting
 
 
@@ -61,6 +71,12 @@ class AnalysisParams(BaseModel):
     dtype: str | None = Field(None, description="raw pacbed files: numpy dtype, e.g. <u2")
     shape: tuple[int, int] | None = Field(None, description="raw pacbed files: rows, cols")
     offset: int = Field(0, ge=0, description="raw pacbed files: header bytes to skip")
+    pixel_size_um: float | None = Field(
+        None, gt=0, le=100, description="flake: micrometres per image pixel (needed)"
+    )
+    srgb: bool = Field(
+        True, description="flake: the image is sRGB-encoded (PNG/JPEG); false: linear (TIFF)"
+    )
 
 
 @dataclass(frozen=True)
@@ -87,6 +103,7 @@ class _Loaded:
 
     def __init__(self, kind: str, entry: ModelEntry, backend, analyzer) -> None:
         self.kind, self.entry, self.backend, self.analyzer = kind, entry, backend, analyzer
+        self.lock = threading.Lock()  # the tile pipeline keeps a wafer colour per call
 
     def describe(self) -> dict:
         return {
@@ -99,8 +116,11 @@ class _Loaded:
 class AnalysisService:
     """Served analysis models, loaded on first use and kept (one per name or path)."""
 
-    def __init__(self, models: ModelsConfig | None = None) -> None:
+    def __init__(
+        self, models: ModelsConfig | None = None, preselection: PreselectionConfig | None = None
+    ) -> None:
         self.config = models or ModelsConfig()
+        self.preselection = preselection or PreselectionConfig()
         self.registry = ModelRegistry(self.config.registry)
         self._loaded: dict[str, _Loaded] = {}
         self._lock = threading.Lock()
@@ -149,11 +169,30 @@ class AnalysisService:
             from .pacbed import PacbedAnalyzer
 
             analyzer = PacbedAnalyzer(entry, backend)
-        else:
+        elif kind == "phase":
             from .phase_retrieval import PhaseModel
 
             analyzer = PhaseModel(backend, entry.card)
+        else:
+            analyzer = self._tile_pipeline(backend, entry)
         return _Loaded(kind, entry, backend, analyzer)
+
+    def _tile_pipeline(self, backend, entry: ModelEntry):
+        """The scan's tile pipeline around this classifier and the configured axis model."""
+        from .axis_model import AxisModel
+        from .classifier import FlakeClassifier
+        from .pipeline import TilePipeline
+
+        cfg = self.config
+        axis = AxisModel.from_config(cfg)
+        return TilePipeline(
+            self.preselection,
+            FlakeClassifier(backend, entry.card, cfg.batch_size),
+            cfg.threshold,
+            axis_modulus_deg=axis.modulus if axis else 30.0,
+            axis_model=axis,
+            axis_primary=cfg.axis_primary,
+        )
 
     def kind_of_model(self, model: str | Path) -> str:
         """The analysis a registry model serves; ModelNotFound or ValueError naming it."""
@@ -161,7 +200,8 @@ class AnalysisService:
         kind = kind_of_task(task)
         if kind is None:
             raise ValueError(
-                f"model = {str(model)!r} is a {task!r} model, not a diffraction analysis model"
+                f"model = {str(model)!r} is a {task!r} model; the analyses served are "
+                f"{', '.join(ANALYSIS_KINDS)}"
             )
         return kind
 
@@ -220,12 +260,20 @@ class AnalysisService:
             results = _run_xrd(loaded, inputs, plot_dir)
         elif kind == "pacbed":
             results = _run_pacbed(loaded, inputs, params, plot_dir, library)
-        else:
+        elif kind == "phase":
             results = _run_phase(loaded, files, inputs, plot_dir)
+        else:
+            results = _run_flake(loaded, files, inputs, params, plot_dir)
         return {"kind": kind, "model": loaded.describe(), "results": results}
 
 
 def _read(kind: str, files: list[Path], params: AnalysisParams) -> list:
+    if kind == "flake":
+        from .flake_analysis import read_tile_image
+
+        if params.pixel_size_um is None:
+            raise ValueError("pixel_size_um is needed for a flake analysis (micrometres per pixel)")
+        return [read_tile_image(f, params.srgb) for f in files]
     if kind == "xrd":
         from .xrd_readers import read_xrd
 
@@ -316,4 +364,20 @@ def _run_phase(loaded: _Loaded, files: list[Path], reflections: list, plot_dir) 
         if picture is not None:
             doc["picture"] = str(picture)
         out.append(doc)
+    return out
+
+
+def _run_flake(
+    loaded: _Loaded, files: list[Path], images: list, params: AnalysisParams, plot_dir
+) -> list[dict]:
+    from .flake_analysis import analyze_tile_image
+
+    assert params.pixel_size_um is not None  # _read refused it
+    out = []
+    with loaded.lock:
+        for path, image in zip(files, images, strict=True):
+            picture = _picture(plot_dir, str(path), "flake")
+            out.append(
+                analyze_tile_image(image, str(path), loaded.analyzer, params.pixel_size_um, picture)
+            )
     return out

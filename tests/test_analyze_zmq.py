@@ -85,9 +85,9 @@ def test_analyze_over_zmq_equals_the_local_service(start_daemon, tmp_path):
             "params.conv_angle_mrad = -3",
         ),
         (
-            {"model": "flake_classifier_cnn4", "inputs": [{"name": "a.xy", "frame": 1}]},
+            {"model": "axis_model3", "inputs": [{"name": "a.xy", "frame": 1}]},
             [xy.read_bytes()],
-            "not a diffraction analysis model",
+            "is a 'axis-regressor' model; the analyses served are",
         ),
     ]
     for params_, frames_, words in refusals:

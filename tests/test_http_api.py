@@ -17,11 +17,16 @@ import httpx
 import numpy as np
 import pytest
 import uvicorn
+from PIL import Image
 
 from flakescan.daemon.config import HttpConfig, ServiceConfig
 from flakescan.daemon.http_api import create_app
 from flakescan.inference.analysis import AnalysisParams, AnalysisService
 from flakescan.inference.phase_retrieval import write_hkl
+from flakescan.simulators.chip import generate_chip
+from flakescan.simulators.config import ChipSpec, ImagingSpec
+from flakescan.simulators.render import FieldRenderer
+from flakescan.simulators.tone import srgb_encode
 from flakescan.simulators.xrd_dataset import simulate_xrd_set, write_xy
 from flakescan.simulators.xrd_phases import KNOWN_PHASES
 
@@ -29,7 +34,7 @@ from flakescan.simulators.xrd_phases import KNOWN_PHASES
 @pytest.fixture(scope="module")
 def server():
     """(base URL, the service behind it): uvicorn on a free loopback port, in a thread."""
-    cfg = ServiceConfig(http=HttpConfig(port=0, max_upload_mb=1.0, workers=2))
+    cfg = ServiceConfig(http=HttpConfig(port=0, max_upload_mb=4.0, workers=2))
     service = AnalysisService(cfg.models)
     config = uvicorn.Config(create_app(cfg, service), host="127.0.0.1", port=0, log_level="warning")
     srv = uvicorn.Server(config)
@@ -61,7 +66,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
     hkl = np.array([(h, k, m) for h in grid for k in grid for m in grid if (h, k, m) != (0, 0, 0)])
     intensity = np.random.default_rng(1).gamma(2.0, 50.0, len(hkl))
     write_hkl(folder / "refl.hkl", hkl, intensity, np.sqrt(intensity))
-    return {"xrd": folder / "hbn.xy", "pacbed": folder / "disc.npy", "phase": folder / "refl.hkl"}
+    chip = generate_chip(ChipSpec(width_um=3000, height_um=3000, thin_flakes_per_mm2=12), 5)
+    tile = FieldRenderer(chip, ImagingSpec(), 0.57, 0.14, seed=5).render(1500.0, 1500.0)
+    codes = srgb_encode(np.clip(tile / tile.max(), 0, 1)) * 255  # as a camera program saves it
+    Image.fromarray(codes.round().astype(np.uint8)).save(folder / "tile.png")
+    return {
+        "xrd": folder / "hbn.xy",
+        "pacbed": folder / "disc.npy",
+        "phase": folder / "refl.hkl",
+        "flake": folder / "tile.png",
+    }
 
 
 def _post(url: str, model: str, path: Path, params: dict | None = None, **form):
@@ -81,7 +95,8 @@ def test_health_models_and_openapi(server):
     models = {m["name"]: m for m in httpx.get(f"{url}/v1/models").json()}
     assert models["xrd_cnn1d"]["kind"] == "xrd" and models["pacbed_srtio3"]["kind"] == "pacbed"
     assert models["phase_unet"]["kind"] == "phase"
-    assert models["flake_classifier_cnn4"]["kind"] is None  # served by the scan, not here
+    assert models["flake_classifier_cnn4"]["kind"] == "flake"  # the tile pipeline
+    assert models["axis_model3"]["kind"] is None  # part of the flake analysis, not alone
     assert models["pacbed_srtio3"]["card"]["training"]["pacbed"]["system"]["name"] == "SrTiO3"
     schema = httpx.get(f"{url}/openapi.json").json()
     assert "/v1/analyze/{model}" in schema["paths"] and "/v1/models" in schema["paths"]
@@ -93,6 +108,7 @@ def test_health_models_and_openapi(server):
         ("xrd", "xrd_cnn1d", {}),
         ("pacbed", "pacbed_srtio3", {"conv_angle_mrad": 20.0, "energy_kev": 300}),
         ("phase", "phase_unet", {}),
+        ("flake", "flake_classifier_cnn4", {"pixel_size_um": 0.57}),
     ],
 )
 def test_http_answers_equal_the_local_analysis(server, files, kind, model, params):
@@ -106,6 +122,7 @@ def test_http_answers_equal_the_local_analysis(server, files, kind, model, param
     for key in [k for k, v in loc.items() if v == str(files[kind])]:  # the file's path
         assert r.pop(key) == files[kind].name
         loc.pop(key)
+    r.pop("timings_ms", None), loc.pop("timings_ms", None)  # wall clock, not a result
     assert r == json.loads(json.dumps(loc))  # identical numbers, JSON round trip
     assert model in httpx.get(f"{url}/v1/health").json()["models_loaded"]
 
@@ -140,12 +157,14 @@ def test_bad_requests_are_4xx_naming_the_field(server, files, tmp_path):
     bad.write_text("1 2\nnot numbers here\n")
     reply = _post(url, "xrd_cnn1d", bad)
     cases.append((reply, 422, "broken.xy"))
-    reply = _post(url, "flake_classifier_cnn4", files["xrd"])
-    cases.append((reply, 422, "not a diffraction analysis model"))
+    reply = _post(url, "axis_model3", files["xrd"])
+    cases.append((reply, 422, "is a 'axis-regressor' model; the analyses served are"))
+    reply = _post(url, "flake_classifier_cnn4", files["flake"])
+    cases.append((reply, 422, "pixel_size_um is needed"))
     big = tmp_path / "big.npy"
-    np.save(big, np.zeros((600, 600), np.float32))  # 1.4 MB > max_upload_mb = 1
+    np.save(big, np.zeros((1200, 1200), np.float32))  # 5.8 MB > max_upload_mb = 4
     reply = _post(url, "pacbed_srtio3", big)
-    cases.append((reply, 413, "max_upload_mb = 1"))
+    cases.append((reply, 413, "max_upload_mb = 4"))
     for reply, status, words in cases:
         assert reply.status_code == status, (words, reply.text)
         assert words in reply.text, reply.text
@@ -241,10 +260,17 @@ def test_the_browser_form_in_headless_chromium(server, files, tmp_path):
         fields = {"conv_angle_mrad": 20, "energy_kev": 300, "zone_axis": "[001]"}
         summary, error = analyse_in_form(page, url, "pacbed_srtio3", [files["pacbed"]], fields)
         assert error == "" and summary.startswith("disc.npy: thickness ")
+        fields = {"pixel_size_um": 0.57}
+        summary, error = analyse_in_form(
+            page, url, "flake_classifier_cnn4", [files["flake"]], fields
+        )
+        local = service.analyze("flake", [files["flake"]], AnalysisParams(pixel_size_um=0.57))
+        hits = local["results"][0]["hits"]
+        assert error == "" and summary.startswith(f"tile.png: {len(hits)} flake(s)")
 
 
 def test_the_python_client_over_http(server, files):
-    from flakescan.client import Client, ClientError, PacbedResult, XrdResult
+    from flakescan.client import Client, ClientError, FlakeResult, PacbedResult, XrdResult
 
     url, service = server
     client = Client(url)
@@ -264,6 +290,10 @@ def test_the_python_client_over_http(server, files):
     assert p.mistilt_mrad == expected["mistilt_mrad"] and p.picture_png is None
     with pytest.raises(ClientError, match=r"conv_angle_mrad = 40\.0 is outside"):
         client.analyze(image, "pacbed_srtio3", conv_angle_mrad=40.0)
+    (f,) = client.analyze(files["flake"], "flake_classifier_cnn4", pixel_size_um=0.57).results
+    flake_local = service.analyze("flake", [files["flake"]], AnalysisParams(pixel_size_um=0.57))
+    assert isinstance(f, FlakeResult)
+    assert [h["x_um"] for h in f.hits] == [h["x_um"] for h in flake_local["results"][0]["hits"]]
     with pytest.raises(ValueError, match=r"inputs\[0\]: an image array must be 2-D"):
         client.analyze(np.zeros(5), "pacbed_srtio3")
     with pytest.raises(ClientError, match="HTTP 404"):

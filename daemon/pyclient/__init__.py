@@ -5,7 +5,7 @@ One `Client` speaks to both of the service's doors: diffraction analyses over HT
 (`flakescan serve`, or the daemon with `[http] enabled`) or, without an HTTP URL, over the
 daemon's ZMQ control socket; scan control, events and the flake catalogue over ZMQ. Arrays
 travel as .npy bytes (HTTP) or bare binary frames (ZMQ), never pickled. Answers are typed:
-`Analysis` with `XrdResult`, `PacbedResult` or `PhaseResult` entries (every field the
+`Analysis` with `XrdResult`, `PacbedResult`, `PhaseResult` or `FlakeResult` entries (every field the
 server sent is kept).
 
     from flakescan.client import Client
@@ -14,12 +14,22 @@ server sent is kept).
     print(r.results[0].thickness_nm, r.results[0].mistilt_mrad)
 """
 
-from .client import Analysis, Client, ClientError, PacbedResult, PhaseResult, XrdResult, analyze
+from .client import (
+    Analysis,
+    Client,
+    ClientError,
+    FlakeResult,
+    PacbedResult,
+    PhaseResult,
+    XrdResult,
+    analyze,
+)
 
 __all__ = [
     "Analysis",
     "Client",
     "ClientError",
+    "FlakeResult",
     "PacbedResult",
     "PhaseResult",
     "XrdResult",

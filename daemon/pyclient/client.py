@@ -16,6 +16,7 @@ __all__ = [
     "Analysis",
     "Client",
     "ClientError",
+    "FlakeResult",
     "PacbedResult",
     "PhaseResult",
     "XrdResult",
@@ -57,6 +58,13 @@ class PacbedResult(_Result):
     warnings: list[str] = []
 
 
+class FlakeResult(_Result):
+    hits: list[dict[str, Any]]  # x_um, y_um from the image centre, flake_class, scores, axis
+    candidates: int
+    pixel_size_um: float
+    skipped_reason: str | None = None
+
+
 class PhaseResult(_Result):
     phases: list[dict[str, Any]]
     density: dict[str, Any]
@@ -67,6 +75,7 @@ _RESULTS: dict[str, type[_Result]] = {
     "xrd": XrdResult,
     "pacbed": PacbedResult,
     "phase": PhaseResult,
+    "flake": FlakeResult,
 }
 
 
@@ -77,7 +86,7 @@ class Analysis(BaseModel):
 
     kind: str
     model: dict[str, Any]
-    results: list[XrdResult | PacbedResult | PhaseResult]
+    results: list[XrdResult | PacbedResult | PhaseResult | FlakeResult]
 
     @classmethod
     def from_reply(cls, doc: dict, pictures: list[bytes | None]) -> Analysis:
@@ -93,10 +102,11 @@ def _as_bytes(item: str | Path | np.ndarray, index: int) -> tuple[str, bytes, np
     """(name, file bytes, the array if it is one): paths are sent as written, arrays as .npy
     (HTTP) or bare frames (ZMQ)."""
     if isinstance(item, np.ndarray):
-        if item.dtype.hasobject or item.ndim != 2:
+        rgb = item.ndim == 3 and item.shape[2] == 3
+        if item.dtype.hasobject or not (item.ndim == 2 or rgb):
             raise ValueError(
-                f"inputs[{index}]: an image array must be 2-D numbers, got "
-                f"{item.dtype} with shape {item.shape}"
+                f"inputs[{index}]: an image array must be 2-D (a pattern) or (h, w, 3) (a "
+                f"microscope image) numbers, got {item.dtype} with shape {item.shape}"
             )
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(item), allow_pickle=False)
@@ -136,7 +146,8 @@ class Client:
         **params: Any,
     ) -> Analysis:
         """Analyse files or 2-D arrays with a served model; `params` are the analysis
-        parameters (conv_angle_mrad, energy_kev, zone_axis, system, dtype, shape)."""
+        parameters (conv_angle_mrad, energy_kev, zone_axis, system, dtype, shape;
+        flake: pixel_size_um, srgb)."""
         items = data if isinstance(data, list) else [data]
         inputs = [_as_bytes(item, i) for i, item in enumerate(items)]
         if self.http:

@@ -1,0 +1,110 @@
+"""Flake finding on one uploaded microscope image: the scan's tile pipeline, without a stage.
+
+The same preselection, classifier and axis model as a scan's tiles (inference/pipeline.py),
+on an image a person took by hand: hits in micrometres from the image centre, with class,
+scores and both axis readings. The wafer colour is measured from the image itself, so the
+image needs bare wafer around its flakes (the pipeline says when it has too little).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from flakescan.hardware.frame import Frame
+
+from .pipeline import Hit, TilePipeline
+
+__all__ = ["FLAKE_TASK", "analyze_tile_image", "read_tile_image"]
+
+FLAKE_TASK = "flake-classifier"
+_CLASS_COLOURS = {1: (0, 200, 255), 2: (255, 200, 0), 3: (255, 80, 80)}
+
+
+def read_tile_image(path: Path, srgb: bool = True) -> np.ndarray:
+    """(h, w, 3) float32 linear intensities: PNG/JPEG/TIFF through Pillow (decoded from
+    sRGB unless `srgb` is False, e.g. a linear camera TIFF), or an (h, w, 3) .npy taken as
+    linear. ValueError names the file and what is wrong."""
+    from .coco_eval import load_linear_image
+
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        image = np.load(path, allow_pickle=False)
+        if image.ndim != 3 or image.shape[2] != 3 or not np.issubdtype(image.dtype, np.number):
+            raise ValueError(
+                f"{path}: expected an (h, w, 3) RGB array, got {image.dtype} {image.shape}"
+            )
+        return image.astype(np.float32)
+    try:
+        return load_linear_image(path, srgb)
+    except OSError as exc:
+        raise ValueError(f"{path}: not an image Pillow can read ({exc})") from exc
+
+
+def _hit_doc(hit: Hit, classes: list[str]) -> dict:
+    doc = {k: v for k, v in asdict(hit).items() if k != "thumbnail"}
+    doc["scores"] = {name: round(float(s), 5) for name, s in zip(classes, hit.scores, strict=True)}
+    doc["contrast"] = [round(float(c), 5) for c in hit.contrast]
+    for key in ("x_um", "y_um", "area_um2"):
+        doc[key] = round(float(doc[key]), 2)
+    doc["bbox_um"] = [round(float(v), 2) for v in hit.bbox_um]
+    doc["centroid_px"] = [round(float(v), 1) for v in hit.centroid_px]
+    return doc
+
+
+def _picture(image: np.ndarray, hits: list[Hit], pixel_size_um: float, path: Path) -> Path:
+    """The image (sRGB for people) with each hit's box, class and axis angle."""
+    from flakescan.simulators.tone import srgb_encode
+
+    scale = float(np.percentile(image, 99.5)) or 1.0
+    encoded = (srgb_encode(np.clip(image / scale, 0, 1)) * 255).astype(np.uint8)
+    im = Image.fromarray(encoded)
+    draw = ImageDraw.Draw(im)
+    h, w = image.shape[:2]
+    for hit in hits:
+        x0, y0, x1, y1 = hit.bbox_um
+        box = [
+            x0 / pixel_size_um + (w - 1) / 2,
+            y0 / pixel_size_um + (h - 1) / 2,
+            x1 / pixel_size_um + (w - 1) / 2,
+            y1 / pixel_size_um + (h - 1) / 2,
+        ]
+        colour = _CLASS_COLOURS.get(hit.flake_class, (255, 255, 255))
+        draw.rectangle(box, outline=colour, width=2)
+        angle = "" if hit.axis_angle_deg is None else f" {hit.axis_angle_deg:.1f} deg"
+        draw.text((box[0], max(0, box[1] - 12)), f"c{hit.flake_class}{angle}", fill=colour)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path
+
+
+def analyze_tile_image(
+    image: np.ndarray,
+    source: str,
+    pipeline: TilePipeline,
+    pixel_size_um: float,
+    picture: Path | None = None,
+) -> dict:
+    """Hits of one linear RGB image, JSON-able; with `picture`, the annotated image."""
+    pipeline.start_chip()  # every upload may show another chip
+    frame = Frame(image, 0.0, 0.0, 0.0, pixel_size_um, time.time(), linear=True)
+    result = pipeline.process(frame)
+    classes = pipeline.classifier.classes
+    doc = {
+        "source": source,
+        "pixel_size_um": pixel_size_um,
+        "image_px": [int(image.shape[1]), int(image.shape[0])],
+        "candidates": result.n_candidates,
+        "hits": [_hit_doc(h, classes) for h in result.hits],
+        "wafer_colour": [round(float(c), 3) for c in result.background],
+        "skipped_reason": result.skipped_reason,
+        "timings_ms": {k: round(float(v), 2) for k, v in result.timings_ms.items()},
+        "frame": "x_um, y_um: from the image centre, +x right, +y down",
+    }
+    if picture is not None:
+        doc["picture"] = str(_picture(image, result.hits, pixel_size_um, picture))
+    return doc
