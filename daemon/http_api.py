@@ -135,7 +135,9 @@ def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> Fa
     async def analyze(
         model: str,
         files: Annotated[list[UploadFile], File(description="the data files")],
-        params: Annotated[str, Form(description="AnalysisParams as JSON")] = "{}",
+        params: Annotated[
+            str, Form(description="AnalysisParams as JSON (#/components/schemas/AnalysisParams)")
+        ] = "{}",
         picture: Annotated[bool, Form(description="answer the validation picture")] = False,
     ) -> AnalysisAnswer:
         try:
@@ -164,6 +166,24 @@ def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> Fa
             if png is not None:
                 result["picture_png_base64"] = base64.b64encode(png).decode("ascii")
         return AnalysisAnswer(**doc)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema plus AnalysisParams, which travels as JSON in a form field."""
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(
+                title=app.title,
+                version=app.version,
+                description=app.description,
+                routes=app.routes,
+            )
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas["AnalysisParams"] = AnalysisParams.model_json_schema()
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(ValidationError)
     async def _validation(_: Request, exc: ValidationError) -> JSONResponse:

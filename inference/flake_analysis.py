@@ -33,8 +33,10 @@ def read_tile_image(path: Path, srgb: bool = True) -> np.ndarray:
 
     path = Path(path)
     if path.suffix.lower() == ".npy":
-        image = np.load(path, allow_pickle=False)
-        if image.ndim != 3 or image.shape[2] != 3 or not np.issubdtype(image.dtype, np.number):
+        from .pattern_readers import load_npy
+
+        image = load_npy(path)
+        if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(
                 f"{path}: expected an (h, w, 3) RGB array, got {image.dtype} {image.shape}"
             )

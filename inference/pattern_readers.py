@@ -21,6 +21,7 @@ __all__ = [
     "DiffractionPattern",
     "PatternMetadata",
     "electron_wavelength_angstrom",
+    "load_npy",
     "read_dm",
     "read_npy",
     "read_pattern",
@@ -125,10 +126,23 @@ def read_raw(
     return DiffractionPattern(_as_2d_float32(data, path), meta)
 
 
+def load_npy(path: Path | str) -> np.ndarray:
+    """A .npy file's numeric array; ValueError naming the file for anything else (a pickle,
+    an object array, bytes that are no .npy at all)."""
+    path = Path(path)
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as exc:
+        raise ValueError(f"{path}: not a numeric .npy array ({exc})") from exc
+    if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, np.number):
+        raise ValueError(f"{path}: not a numeric .npy array")
+    return data
+
+
 def read_npy(path: Path | str) -> DiffractionPattern:
     """A .npy array (no pickles)."""
     path = Path(path)
-    data = np.load(path, allow_pickle=False)
+    data = load_npy(path)
     a = _as_2d_float32(data, path)
     meta = PatternMetadata(source=str(path), format="npy", shape=a.shape, dtype=data.dtype.str)
     return DiffractionPattern(a, meta)
@@ -178,7 +192,13 @@ def read_dm(path: Path | str) -> DiffractionPattern:
     """A DigitalMicrograph .dm3/.dm4 image with its calibration and beam voltage."""
     path = Path(path)
     file_reader = _import_dm_reader()
-    signals = [s for s in file_reader(str(path)) if np.asarray(s["data"]).ndim >= 2]
+    try:
+        read = file_reader(str(path))
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # the reader raises what it likes on a damaged file
+        raise ValueError(f"{path}: not a readable DigitalMicrograph file ({exc})") from exc
+    signals = [s for s in read if np.asarray(s["data"]).ndim >= 2]
     if not signals:
         raise ValueError(f"{path}: no image in the file")
     two_d = [s for s in signals if np.squeeze(s["data"]).ndim == 2]

@@ -146,6 +146,21 @@ def test_the_python_client_over_zmq_analyses_and_drives_a_scan(start_daemon, tmp
     assert r.picture_png[:4] == b"\x89PNG"
     with pytest.raises(ClientError, match="no model named 'nope'"):
         client.analyze(disc, "nope")
+    # a microscope image as a bare (h, w, 3) frame: the tile pipeline, as locally
+    from flakescan.simulators.chip import generate_chip
+    from flakescan.simulators.config import ChipSpec, ImagingSpec
+    from flakescan.simulators.render import FieldRenderer
+
+    chip = generate_chip(ChipSpec(width_um=3000, height_um=3000, thin_flakes_per_mm2=12), 5)
+    tile = FieldRenderer(chip, ImagingSpec(), 0.57, 0.14, seed=5).render(1500.0, 1500.0)
+    tile = tile.astype(np.float32)
+    np.save(tmp_path / "tile.npy", tile)
+    (f,) = client.analyze(tile, "flake_classifier_cnn4", pixel_size_um=0.57).results
+    flake_local = AnalysisService().analyze(
+        "flake", [tmp_path / "tile.npy"], AnalysisParams(pixel_size_um=0.57)
+    )["results"][0]
+    assert [h["x_um"] for h in f.hits] == [h["x_um"] for h in flake_local["hits"]]
+    assert [h["scores"] for h in f.hits] == [h["scores"] for h in flake_local["hits"]]
     assert client.status()["state"] == "idle"
     events = client.events(topics=("scan.",), timeout_s=60)
     started = client.start_scan(region_um=[1000.0, 1000.0, 1500.0, 1400.0], chip_id="client")

@@ -100,6 +100,8 @@ def test_health_models_and_openapi(server):
     assert models["pacbed_srtio3"]["card"]["training"]["pacbed"]["system"]["name"] == "SrTiO3"
     schema = httpx.get(f"{url}/openapi.json").json()
     assert "/v1/analyze/{model}" in schema["paths"] and "/v1/models" in schema["paths"]
+    params = schema["components"]["schemas"]["AnalysisParams"]["properties"]
+    assert {"conv_angle_mrad", "energy_kev", "zone_axis", "system", "pixel_size_um"} <= set(params)
 
 
 @pytest.mark.parametrize(
@@ -298,3 +300,46 @@ def test_the_python_client_over_http(server, files):
         client.analyze(np.zeros(5), "pacbed_srtio3")
     with pytest.raises(ClientError, match="HTTP 404"):
         client.analyze(files["xrd"], "no_such_model")
+
+
+def test_damaged_files_of_every_kind_are_422_naming_the_upload(server, tmp_path):
+    url, _ = server
+    junk = np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    cases = [
+        ("pacbed_srtio3", "frame.npy", {"conv_angle_mrad": 20}),
+        ("pacbed_srtio3", "frame.tif", {"conv_angle_mrad": 20}),
+        ("pacbed_srtio3", "frame.dm4", {"conv_angle_mrad": 20}),
+        ("xrd_cnn1d", "powder.xy", {}),
+        ("phase_unet", "refl.hkl", {}),
+        ("flake_classifier_cnn4", "tile.png", {"pixel_size_um": 0.5}),
+        ("flake_classifier_cnn4", "tile.npy", {"pixel_size_um": 0.5}),
+    ]
+    for model, name, params in cases:
+        path = tmp_path / name
+        path.write_bytes(junk)
+        reply = _post(url, model, path, params)
+        assert reply.status_code == 422, (name, reply.status_code, reply.text)
+        assert name in reply.text and str(tmp_path) not in reply.text, reply.text
+
+
+def test_concurrent_requests_share_the_loaded_models_and_agree(server, files):
+    """16 requests at once (PACBED and flake finding, whose pipeline keeps state per
+    image) give the answers one request at a time gives."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    url, _ = server
+    jobs = [("pacbed_srtio3", files["pacbed"], {"conv_angle_mrad": 20.0})] * 8
+    jobs += [("flake_classifier_cnn4", files["flake"], {"pixel_size_um": 0.57})] * 8
+
+    def answer(job) -> list:
+        reply = _post(url, *job)
+        assert reply.status_code == 200, reply.text
+        results = reply.json()["results"]
+        for r in results:
+            r.pop("timings_ms", None)
+        return results
+
+    alone = {job[0]: answer(job) for job in jobs[::8]}
+    with ThreadPoolExecutor(16) as pool:
+        together = list(pool.map(answer, jobs))
+    assert all(got == alone[job[0]] for job, got in zip(jobs, together, strict=True))
