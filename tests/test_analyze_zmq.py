@@ -161,6 +161,16 @@ def test_the_python_client_over_zmq_analyses_and_drives_a_scan(start_daemon, tmp
     )["results"][0]
     assert [h["x_um"] for h in f.hits] == [h["x_um"] for h in flake_local["hits"]]
     assert [h["scores"] for h in f.hits] == [h["scores"] for h in flake_local["hits"]]
+    # structure-factor phases from a SHELX file sent as it is
+    from flakescan.inference.phase_retrieval import write_hkl
+
+    grid = np.arange(-3, 4)
+    hkl = np.array([(h, k, m) for h in grid for k in grid for m in grid if (h, k, m) != (0, 0, 0)])
+    intensity = np.random.default_rng(1).gamma(2.0, 50.0, len(hkl))
+    write_hkl(tmp_path / "refl.hkl", hkl, intensity, np.sqrt(intensity))
+    (ph,) = client.analyze(tmp_path / "refl.hkl", "phase_unet").results
+    phase_local = AnalysisService().analyze("phase", [tmp_path / "refl.hkl"])["results"][0]
+    assert ph.phases == phase_local["phases"] and ph.density == phase_local["density"]
     assert client.status()["state"] == "idle"
     events = client.events(topics=("scan.",), timeout_s=60)
     started = client.start_scan(region_um=[1000.0, 1000.0, 1500.0, 1400.0], chip_id="client")

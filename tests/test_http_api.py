@@ -272,7 +272,14 @@ def test_the_browser_form_in_headless_chromium(server, files, tmp_path):
 
 
 def test_the_python_client_over_http(server, files):
-    from flakescan.client import Client, ClientError, FlakeResult, PacbedResult, XrdResult
+    from flakescan.client import (
+        Client,
+        ClientError,
+        FlakeResult,
+        PacbedResult,
+        PhaseResult,
+        XrdResult,
+    )
 
     url, service = server
     client = Client(url)
@@ -294,6 +301,9 @@ def test_the_python_client_over_http(server, files):
         client.analyze(image, "pacbed_srtio3", conv_angle_mrad=40.0)
     (f,) = client.analyze(files["flake"], "flake_classifier_cnn4", pixel_size_um=0.57).results
     flake_local = service.analyze("flake", [files["flake"]], AnalysisParams(pixel_size_um=0.57))
+    (ph,) = client.analyze(files["phase"], "phase_unet").results
+    phase_local = service.analyze("phase", [files["phase"]], model="phase_unet")["results"][0]
+    assert isinstance(ph, PhaseResult) and ph.phases == phase_local["phases"]
     assert isinstance(f, FlakeResult)
     assert [h["x_um"] for h in f.hits] == [h["x_um"] for h in flake_local["results"][0]["hits"]]
     with pytest.raises(ValueError, match=r"inputs\[0\]: an image array must be 2-D"):
