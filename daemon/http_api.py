@@ -28,6 +28,7 @@ from flakescan.inference.analysis import (
     AnalysisParams,
     AnalysisService,
     Upload,
+    check_served_name,
     kind_of_task,
     upload_path,
 )
@@ -145,7 +146,7 @@ def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> Fa
         except ValidationError as exc:
             raise HTTPException(422, _field_errors(exc)) from exc
         try:
-            service.kind_of_model(model)
+            service.kind_of_model(check_served_name(model))
         except ModelNotFound as exc:
             raise HTTPException(404, str(exc)) from exc
         except ValueError as exc:  # not an analysis model, or a card that does not load

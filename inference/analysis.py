@@ -10,6 +10,7 @@ was trained for) is refused naming the field and the value.
 
 from __future__ import annotations
 
+import re
 import tempfile
 import threading
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ __all__ = [
     "AnalysisParams",
     "AnalysisService",
     "Upload",
+    "check_served_name",
     "kind_of_task",
     "upload_path",
 ]
@@ -47,6 +49,19 @@ _TASK_KINDS = {
     "flake-classifier": "flake",  # with the configured axis model: the scan's tile pipeline
 }
 _ENERGY_TOLERANCE = 0.01  # relative: 300 kV and 299.5 kV are the same microscope setting
+
+
+_SERVED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_served_name(model: str) -> str:
+    """A model a remote client may ask for: a registry name, never a path (no server file
+    is opened by a client's say-so); ValueError names the value."""
+    if not _SERVED_NAME.fullmatch(model) or model.lower().endswith(".onnx"):
+        raise ValueError(
+            f"model = {model!r}: a registry name is needed (letters, digits, . _ -), not a path"
+        )
+    return model
 
 
 def kind_of_task(task: str) -> str | None:
@@ -217,7 +232,7 @@ class AnalysisService:
         """A client's files with a named model: the answer speaks of the client's file
         names (never the server's paths, in results or errors), and the validation
         pictures come back as PNG bytes, one per file (None without `picture`)."""
-        kind = self.kind_of_model(model)
+        kind = self.kind_of_model(check_served_name(model))
         with tempfile.TemporaryDirectory(prefix="flakescan-pictures-") as tmp:
             plot_dir = Path(tmp) if picture else None
             try:

@@ -80,6 +80,11 @@ def test_analyze_over_zmq_equals_the_local_service(start_daemon, tmp_path):
         ),
         ({"model": "nope", "inputs": [{"name": "a.xy", "frame": 1}]}, [b""], "no model named"),
         (
+            {"model": "../x/xrd_cnn1d", "inputs": [{"name": "a.xy", "frame": 1}]},
+            [xy.read_bytes()],
+            "a registry name is needed",
+        ),
+        (
             {"model": "pacbed_srtio3", "inputs": [bare], "params": {"conv_angle_mrad": -3}},
             [disc.tobytes()],
             "params.conv_angle_mrad = -3",

@@ -143,6 +143,12 @@ def test_bad_requests_are_4xx_naming_the_field(server, files, tmp_path):
     cases = []
     reply = _post(url, "no_such_model", files["xrd"])
     cases.append((reply, 404, "no model named 'no_such_model'"))
+    reply = _post(url, "xrd_cnn1d.onnx", files["xrd"])  # a path on the server: refused
+    cases.append((reply, 422, "a registry name is needed"))
+    reply = _post(url, "-x", files["xrd"])
+    cases.append((reply, 422, "a registry name is needed"))
+    reply = _post(url, "..%2Fmodels%2Fxrd_cnn1d", files["xrd"])  # no route has a slash
+    cases.append((reply, 404, "Not Found"))
     reply = _post(url, "pacbed_srtio3", files["pacbed"], {"conv_angle_mrad": -1})
     cases.append((reply, 422, "conv_angle_mrad"))
     reply = _post(url, "pacbed_srtio3", files["pacbed"], {"colour": "red"})
