@@ -253,6 +253,8 @@ def test_the_browser_form_in_headless_chromium(server, files, tmp_path):
     url, service = server
     local = service.analyze("xrd", [files["xrd"]], model="xrd_cnn1d")["results"][0]
     with browser_page() as page:
+        requested: list[str] = []
+        page.on("request", lambda request: requested.append(request.url))
         summary, error = analyse_in_form(page, url, "xrd_cnn1d", [files["xrd"]])
         assert error == "" and summary == f"hbn.xy: {local['phase']}"
         assert page.evaluate("document.querySelector('#pictures img').naturalWidth") > 500
@@ -275,6 +277,8 @@ def test_the_browser_form_in_headless_chromium(server, files, tmp_path):
         local = service.analyze("flake", [files["flake"]], AnalysisParams(pixel_size_um=0.57))
         hits = local["results"][0]["hits"]
         assert error == "" and summary.startswith(f"tile.png: {len(hits)} flake(s)")
+    outside = [u for u in requested if not u.startswith((url, "data:"))]
+    assert requested and outside == []  # the form needs nothing from outside the server
 
 
 def test_the_python_client_over_http(server, files):
