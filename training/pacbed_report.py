@@ -10,6 +10,7 @@ from flakescan.inference.model_card import ModelCard
 from flakescan.inference.pacbed import plot_pacbed
 
 from .plots import _save, plot_training_curves, plt
+from .report_table import metric_rows
 
 __all__ = ["plot_predicted_vs_true", "plot_scale_errors", "write_pacbed_report"]
 
@@ -52,10 +53,6 @@ def plot_scale_errors(arrays: dict, path: Path) -> Path:
 
 def _total(training: dict, key: str) -> float:
     return round(float(sum(training.get("history", {}).get(key, []))), 1)
-
-
-def _fmt(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
 def write_pacbed_report(out_dir: Path, card: ModelCard, arrays: dict) -> Path:
@@ -105,24 +102,23 @@ def write_pacbed_report(out_dir: Path, card: ModelCard, arrays: dict) -> Path:
         "| median | p90 | within 1 mrad | scale error mean (%) | p95 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name in ("val", "test"):
-        m = card.metrics.get(name)
-        if not m:
-            continue
-        cells = [
-            m["patterns"],
-            m["thickness_mae_nm"],
-            m["thickness_median_ae_nm"],
-            m["thickness_p90_ae_nm"],
-            m["thickness_within_2nm"],
-            m["mistilt_mae_mrad"],
-            m["mistilt_median_ae_mrad"],
-            m["mistilt_p90_ae_mrad"],
-            m["mistilt_within_1mrad"],
-            m["scale_error_pct_mean"],
-            m["scale_error_pct_p95"],
-        ]
-        lines.append(f"| {name} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    lines += metric_rows(
+        card.metrics,
+        [
+            "patterns",
+            "thickness_mae_nm",
+            "thickness_median_ae_nm",
+            "thickness_p90_ae_nm",
+            "thickness_within_2nm",
+            "mistilt_mae_mrad",
+            "mistilt_median_ae_mrad",
+            "mistilt_p90_ae_mrad",
+            "mistilt_within_1mrad",
+            "scale_error_pct_mean",
+            "scale_error_pct_p95",
+        ],
+        digits=3,
+    )
     by_tilt = card.metrics.get("test", {}).get("by_tilt")
     if by_tilt:
         lines += ["", "Test by held-out tilt (wedge image):", ""]

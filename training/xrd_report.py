@@ -9,6 +9,7 @@ import numpy as np
 from flakescan.inference.model_card import ModelCard
 
 from .plots import _save, plot_training_curves, plt
+from .report_table import metric_rows
 
 __all__ = ["plot_confusion", "plot_novelty", "write_xrd_report"]
 
@@ -57,10 +58,6 @@ def plot_novelty(arrays: dict, threshold: float, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _fmt(v) -> str:
-    return f"{v:.4f}" if isinstance(v, float) else str(v)
-
-
 def write_xrd_report(out_dir: Path, card: ModelCard, arrays: dict) -> Path:
     """report.md with the card's numbers and three figures, in `out_dir`."""
     out_dir = Path(out_dir)
@@ -76,21 +73,20 @@ def write_xrd_report(out_dir: Path, card: ModelCard, arrays: dict) -> Path:
         "| anomaly recall | mixtures | foreign (trained) | unseen phases |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for name in ("val", "test"):
-        m = card.metrics.get(name)
-        if not m:
-            continue
-        cells = [
-            m["patterns"],
-            m["argmax_accuracy_trained_kinds"],
-            m["known_identified"],
-            m["false_alarm"],
-            m.get("anomaly_recall"),
-            m.get("recall_mixture", "-"),
-            m.get("recall_outside", "-"),
-            m.get("recall_unseen", "-"),
-        ]
-        lines.append(f"| {name} | " + " | ".join(_fmt(c) for c in cells) + " |")
+    lines += metric_rows(
+        card.metrics,
+        [
+            "patterns",
+            "argmax_accuracy_trained_kinds",
+            "known_identified",
+            "false_alarm",
+            "anomaly_recall",
+            "recall_mixture",
+            "recall_outside",
+            "recall_unseen",
+        ],
+        digits=4,
+    )
     test = card.metrics.get("test", {})
     if test.get("recall_unseen_by_phase"):
         lines += ["", "Unseen phases, share flagged:", ""]
