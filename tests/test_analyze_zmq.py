@@ -14,16 +14,14 @@ import pytest
 from flakescan.inference.analysis import AnalysisParams, AnalysisService
 from flakescan.simulators.xrd_dataset import simulate_xrd_set, write_xy
 
+from .analysis_inputs import pacbed_disc, simulated_tile, write_reflections
 from .conftest import free_port
 
 pytestmark = pytest.mark.slow
 
 
 def _disc(seed: int = 0) -> np.ndarray:
-    yy, xx = np.mgrid[:150, :160]
-    r = np.hypot(yy - 74.2, xx - 81.7)
-    disc = (r < 38) * (1 + 0.3 * np.cos(r / 3.0)) + 0.01
-    return np.random.default_rng(seed).poisson(disc * 500).astype(np.uint16)
+    return pacbed_disc((150, 160), (74.2, 81.7), 38.0, 500.0, seed).astype(np.uint16)
 
 
 def _strip_source(doc: dict, name: str) -> list[dict]:
@@ -152,13 +150,7 @@ def test_the_python_client_over_zmq_analyses_and_drives_a_scan(start_daemon, tmp
     with pytest.raises(ClientError, match="no model named 'nope'"):
         client.analyze(disc, "nope")
     # a microscope image as a bare (h, w, 3) frame: the tile pipeline, as locally
-    from flakescan.simulators.chip import generate_chip
-    from flakescan.simulators.config import ChipSpec, ImagingSpec
-    from flakescan.simulators.render import FieldRenderer
-
-    chip = generate_chip(ChipSpec(width_um=3000, height_um=3000, thin_flakes_per_mm2=12), 5)
-    tile = FieldRenderer(chip, ImagingSpec(), 0.57, 0.14, seed=5).render(1500.0, 1500.0)
-    tile = tile.astype(np.float32)
+    tile = simulated_tile().astype(np.float32)
     np.save(tmp_path / "tile.npy", tile)
     (f,) = client.analyze(tile, "flake_classifier_cnn4", pixel_size_um=0.57).results
     flake_local = AnalysisService().analyze(
@@ -167,12 +159,7 @@ def test_the_python_client_over_zmq_analyses_and_drives_a_scan(start_daemon, tmp
     assert [h["x_um"] for h in f.hits] == [h["x_um"] for h in flake_local["hits"]]
     assert [h["scores"] for h in f.hits] == [h["scores"] for h in flake_local["hits"]]
     # structure-factor phases from a SHELX file sent as it is
-    from flakescan.inference.phase_retrieval import write_hkl
-
-    grid = np.arange(-3, 4)
-    hkl = np.array([(h, k, m) for h in grid for k in grid for m in grid if (h, k, m) != (0, 0, 0)])
-    intensity = np.random.default_rng(1).gamma(2.0, 50.0, len(hkl))
-    write_hkl(tmp_path / "refl.hkl", hkl, intensity, np.sqrt(intensity))
+    write_reflections(tmp_path / "refl.hkl")
     (ph,) = client.analyze(tmp_path / "refl.hkl", "phase_unet").results
     phase_local = AnalysisService().analyze("phase", [tmp_path / "refl.hkl"])["results"][0]
     assert ph.phases == phase_local["phases"] and ph.density == phase_local["density"]

@@ -22,13 +22,11 @@ from PIL import Image
 from flakescan.daemon.config import HttpConfig, ServiceConfig
 from flakescan.daemon.http_api import create_app
 from flakescan.inference.analysis import AnalysisParams, AnalysisService
-from flakescan.inference.phase_retrieval import write_hkl
-from flakescan.simulators.chip import generate_chip
-from flakescan.simulators.config import ChipSpec, ImagingSpec
-from flakescan.simulators.render import FieldRenderer
 from flakescan.simulators.tone import srgb_encode
 from flakescan.simulators.xrd_dataset import simulate_xrd_set, write_xy
 from flakescan.simulators.xrd_phases import KNOWN_PHASES
+
+from .analysis_inputs import pacbed_disc, simulated_tile, write_reflections
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +56,9 @@ def files(tmp_path_factory) -> dict[str, Path]:
     hbn_class = [p.name for p in KNOWN_PHASES].index("hBN")
     hbn = int(np.flatnonzero(s.labels == hbn_class)[0])
     write_xy(folder / "hbn.xy", s.counts[hbn], "simulated hBN")
-    yy, xx = np.mgrid[:160, :160]
-    r = np.hypot(yy - 81.3, xx - 78.9)
-    disc = (r < 40) * (1 + 0.3 * np.cos(r / 3.0)) + 0.01
-    np.save(folder / "disc.npy", np.random.default_rng(0).poisson(disc * 400).astype(np.float32))
-    grid = np.arange(-3, 4)
-    hkl = np.array([(h, k, m) for h in grid for k in grid for m in grid if (h, k, m) != (0, 0, 0)])
-    intensity = np.random.default_rng(1).gamma(2.0, 50.0, len(hkl))
-    write_hkl(folder / "refl.hkl", hkl, intensity, np.sqrt(intensity))
-    chip = generate_chip(ChipSpec(width_um=3000, height_um=3000, thin_flakes_per_mm2=12), 5)
-    tile = FieldRenderer(chip, ImagingSpec(), 0.57, 0.14, seed=5).render(1500.0, 1500.0)
+    np.save(folder / "disc.npy", pacbed_disc().astype(np.float32))
+    write_reflections(folder / "refl.hkl")
+    tile = simulated_tile()
     codes = srgb_encode(np.clip(tile / tile.max(), 0, 1)) * 255  # as a camera program saves it
     Image.fromarray(codes.round().astype(np.uint8)).save(folder / "tile.png")
     return {
