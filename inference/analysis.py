@@ -172,10 +172,9 @@ class AnalysisService:
         return loaded
 
     def _build(self, model: str) -> _Loaded:
-        kind = self.kind_of_model(model)
-        entry, backend = open_model(
-            self.config, model, self.registry.resolve(model, None).card.task
-        )
+        task = self.registry.resolve(model, None).card.task
+        kind = _served_kind(model, task)
+        entry, backend = open_model(self.config, model, task)
         if kind == "xrd":
             from .xrd import XrdIdentifier
 
@@ -210,15 +209,14 @@ class AnalysisService:
         )
 
     def kind_of_model(self, model: str | Path) -> str:
-        """The analysis a registry model serves; ModelNotFound or ValueError naming it."""
-        task = self.registry.resolve(model, None).card.task
-        kind = kind_of_task(task)
-        if kind is None:
-            raise ValueError(
-                f"model = {str(model)!r} is a {task!r} model; the analyses served are "
-                f"{', '.join(ANALYSIS_KINDS)}"
-            )
-        return kind
+        """The analysis a registry model serves; ModelNotFound or ValueError naming it. A
+        loaded model answers from memory: resolving reads and hashes the ONNX file, which
+        every request would otherwise pay (twice over HTTP)."""
+        with self._lock:
+            loaded = self._loaded.get(str(model))
+        if loaded is not None:
+            return loaded.kind
+        return _served_kind(model, self.registry.resolve(model, None).card.task)
 
     # -- analysis ---------------------------------------------------------------------------
     def analyze_uploads(
@@ -280,6 +278,16 @@ class AnalysisService:
         else:
             results = _run_flake(loaded, files, inputs, params, plot_dir)
         return {"kind": kind, "model": loaded.describe(), "results": results}
+
+
+def _served_kind(model: str | Path, task: str) -> str:
+    kind = kind_of_task(task)
+    if kind is None:
+        raise ValueError(
+            f"model = {str(model)!r} is a {task!r} model; the analyses served are "
+            f"{', '.join(ANALYSIS_KINDS)}"
+        )
+    return kind
 
 
 def _read(kind: str, files: list[Path], params: AnalysisParams) -> list:
