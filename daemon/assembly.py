@@ -138,6 +138,8 @@ def scan_request(cfg: ServiceConfig, p: ScanStartParams, microscope: Microscope)
         chip_id=p.chip_id or d.chip_id,
         name=p.name,
         z_um=d.z_um if p.z_um is None else p.z_um,
+        keep_tiles=d.keep_tiles if p.keep_tiles is None else p.keep_tiles,
+        overview_um_per_px=d.overview_um_per_px,
     )
 
 
@@ -147,4 +149,5 @@ def scan_settings(cfg: ServiceConfig) -> dict:
         "preselection": cfg.preselection.model_dump(),
         "models": cfg.models.model_dump(mode="json"),
         "objective": cfg.objective.model_dump(),
+        "overview_um_per_px": cfg.scan.overview_um_per_px,
     }

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from .analyze import ANALYSES
+from .catalogue_cli import add_catalogue_commands, database_url
 from .config import ConfigError, ServiceConfig, load_config, resolve_state_dir
 from .tools import cmd_evaluate, cmd_evaluate_images, cmd_sim_truth, cmd_simulate
 
@@ -220,41 +221,6 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 # -- catalogue ----------------------------------------------------------------------------
-def database_url(args: argparse.Namespace) -> str:
-    from flakescan.db.engine import sqlite_url
-
-    if args.db:
-        return args.db if "://" in args.db else sqlite_url(args.db)
-    cfg = _config(args)
-    return cfg.database_url(resolve_state_dir(cfg, args.state_dir))
-
-
-def cmd_query(args: argparse.Namespace) -> int:
-    """Query the flake catalogue (read-only) as a table, CSV or JSON."""
-    from flakescan.db.engine import open_database
-    from flakescan.db.queries import FlakeQuery, find_flakes
-
-    from .output import format_flakes
-
-    engine = open_database(database_url(args), create=False)
-    try:
-        rows = find_flakes(
-            engine,
-            FlakeQuery(
-                scan_id=args.scan,
-                chip_id=args.chip_id,
-                flake_class=args.flake_class,
-                min_area_um2=args.min_area,
-                max_area_um2=args.max_area,
-                limit=args.limit,
-            ),
-        )
-    finally:
-        engine.dispose()
-    sys.stdout.write(format_flakes(rows, args.format, _console()))
-    return EXIT_OK
-
-
 def cmd_scans(args: argparse.Namespace) -> int:
     """List the scans in the catalogue as JSON."""
     from flakescan.db.engine import open_database
@@ -433,18 +399,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--count", type=int, default=0, help="stop after N events")
     sp.add_argument("--heartbeats", action="store_true", help="also print heartbeats")
 
-    for name, func in (("query", cmd_query), ("scans", cmd_scans)):
-        sp = add(name, func)
-        sp.add_argument("--db", help="database file or SQLAlchemy URL (default: from config)")
-        sp.add_argument("--state-dir", type=Path)
-        if name == "query":
-            sp.add_argument("--scan", type=int)
-            sp.add_argument("--chip-id")
-            sp.add_argument("--class", dest="flake_class", type=int, choices=[1, 2, 3])
-            sp.add_argument("--min-area", type=float, help="um2")
-            sp.add_argument("--max-area", type=float, help="um2")
-            sp.add_argument("--limit", type=int)
-            sp.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    sp = add("scans", cmd_scans)
+    sp.add_argument("--db", help="database file or SQLAlchemy URL (default: from config)")
+    sp.add_argument("--state-dir", type=Path)
+    add_catalogue_commands(add)
 
     sp = add("sim-truth", cmd_sim_truth)
     sp.add_argument("--out", type=Path, required=True)

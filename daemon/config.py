@@ -48,6 +48,10 @@ class ScanDefaults(BaseModel):
     overlap_pct: float = Field(10.0, ge=0, lt=90)
     z_um: float | None = None
     chip_id: str = Field("chip-1", min_length=1, max_length=128)
+    # The overview map's scale; every tile leaves a preview at about this many um per pixel.
+    overview_um_per_px: float = Field(4.0, gt=0, le=1000)
+    # Keep every full-resolution tile (TIFF) for `flakescan overview --ome-tiff`.
+    keep_tiles: bool = False
 
 
 def _is_loopback(endpoint: str) -> bool:

@@ -22,6 +22,7 @@ TOPICS = (
     "tile.processed",
     "flake.found",
     "flake.updated",
+    "flake.annotated",
     "scan.finished",
     "scan.failed",
 )

@@ -24,7 +24,21 @@ TABLE_COLUMNS = (
     ("score_any", "score", "{:.2f}"),
     ("axis_angle_deg", "axis deg", "{:.1f}"),
     ("axis_confidence", "axis conf", "{:.2f}"),
+    ("rect_width_um", "rect w um", "{:.1f}"),
+    ("rect_length_um", "rect l um", "{:.1f}"),
+    ("aspect_ratio", "aspect", "{:.1f}"),
+    ("favourite", "fav", "{}"),
+    ("used", "used", "{}"),
 )
+_FLAG = {True: "yes", False: ""}
+
+
+def _cell(value: object, fmt: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return _FLAG[value]
+    return fmt.format(value)
 
 
 def format_flakes(rows: Sequence[dict], fmt: str, console: Console | None = None) -> str:
@@ -44,10 +58,8 @@ def format_flakes(rows: Sequence[dict], fmt: str, console: Console | None = None
     for _, header, _ in TABLE_COLUMNS:
         table.add_column(header, justify="right")
     for r in rows:
-        table.add_row(
-            *("" if r.get(key) is None else f.format(r[key]) for key, _, f in TABLE_COLUMNS)
-        )
-    width = max(console.width if console else 0, 120)
+        table.add_row(*(_cell(r.get(key), f) for key, _, f in TABLE_COLUMNS))
+    width = max(console.width if console else 0, 150)
     out = Console(file=io.StringIO(), width=width, force_terminal=False)
     out.print(table)
     return out.file.getvalue()  # type: ignore[attr-defined]

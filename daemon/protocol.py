@@ -7,10 +7,11 @@ allowed, so a misspelt parameter is an error that names it, never silently ignor
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from flakescan.db.queries import FlakeQuery
 from flakescan.inference.analysis import AnalysisParams
 
 from .scan_plan import RegionUm
@@ -20,6 +21,7 @@ __all__ = [
     "AnalyzeInput",
     "AnalyzeParams",
     "EmptyParams",
+    "FlakeAnnotateParams",
     "FlakesParams",
     "GotoFlakeParams",
     "ProtocolError",
@@ -47,6 +49,7 @@ class ScanStartParams(_Params):
     chip_id: str | None = Field(None, min_length=1, max_length=128)
     name: str = Field("", max_length=256)
     z_um: float | None = None
+    keep_tiles: bool | None = None  # default: [scan] keep_tiles
 
 
 class GotoFlakeParams(_Params):
@@ -54,12 +57,41 @@ class GotoFlakeParams(_Params):
 
 
 class FlakesParams(_Params):
+    """The filters of `db.queries.FlakeQuery`, checked."""
+
     scan_id: int | None = Field(None, ge=1)
     chip_id: str | None = None
     flake_class: int | None = Field(None, ge=1, le=3)
     min_area_um2: float | None = Field(None, ge=0)
     max_area_um2: float | None = Field(None, ge=0)
+    min_aspect_ratio: float | None = Field(None, ge=1)
+    max_aspect_ratio: float | None = Field(None, ge=1)
+    min_rect_width_um: float | None = Field(None, ge=0)
+    min_rect_length_um: float | None = Field(None, ge=0)
+    min_inscribed_diameter_um: float | None = Field(None, ge=0)
+    axis_min_deg: float | None = Field(None, ge=0, le=360)
+    axis_max_deg: float | None = Field(None, ge=0, le=360)
+    used: bool | None = None
+    favourite: bool | None = None
+    notes_contain: str | None = Field(None, min_length=1, max_length=256)
+    ids: list[int] | None = Field(None, min_length=1, max_length=10000)
+    order_by: Literal["area", "rect_width", "inscribed_diameter", "score", "id"] = "area"
     limit: int = Field(1000, ge=1, le=100000)
+
+    def query(self) -> FlakeQuery:
+        fields = self.model_dump()
+        fields["ids"] = tuple(self.ids) if self.ids else None
+        return FlakeQuery(**fields)
+
+
+class FlakeAnnotateParams(_Params):
+    """Notes and flags a person puts on a flake; what is left out stays as it is."""
+
+    flake_id: int = Field(..., ge=1)
+    notes: str | None = Field(None, max_length=10000)
+    append_note: bool = False
+    used: bool | None = None
+    favourite: bool | None = None
 
 
 class AnalyzeInput(_Params):
@@ -86,6 +118,7 @@ METHODS: dict[str, type[_Params]] = {
     "scan_stop": EmptyParams,
     "goto_flake": GotoFlakeParams,
     "flakes": FlakesParams,
+    "flake_annotate": FlakeAnnotateParams,
     "scans": EmptyParams,
     "shutdown": EmptyParams,
     "analyze": AnalyzeParams,

@@ -32,6 +32,7 @@ from flakescan.hardware.frame import Frame
 from flakescan.hardware.microscope import Microscope
 from flakescan.inference.pipeline import Hit, TilePipeline
 
+from .overview import render_overview, save_full_tile, save_tile_preview
 from .scan_plan import ScanPlan
 from .sightings import SightingIndex, merge
 
@@ -50,6 +51,8 @@ class ScanRequest:
     chip_id: str
     name: str = ""
     z_um: float | None = None
+    keep_tiles: bool = False  # full-resolution tiles for the OME-TIFF mosaic
+    overview_um_per_px: float = 4.0
 
 
 @dataclass
@@ -62,9 +65,11 @@ class ScanOutcome:
     flakes: int
     per_class: dict[int, int]
     elapsed_s: float
+    overview: str | None = None  # the overview map's path, None if it could not be made
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "overview": self.overview,
             "scan_id": self.scan_id,
             "status": self.status,
             "reason": self.reason,
@@ -203,12 +208,28 @@ class ScanRunner:
             flakes=ctx.flakes,
             per_class=dict(ctx.per_class),
             elapsed_s=time.monotonic() - t0,
+            overview=self._overview(ctx),
         )
         self.current = None
         if on_outcome is not None:
             on_outcome(outcome)
         self.publish("scan.failed" if status == "failed" else "scan.finished", outcome.as_dict())
         return outcome
+
+    def _overview(self, ctx: _ScanContext) -> str | None:
+        """The overview map of what was scanned. A map that cannot be drawn is logged and
+        left out; it never changes the scan's status (the catalogue is the record)."""
+        try:
+            info = render_overview(
+                self.writer.engine,
+                ctx.scan_id,
+                ctx.thumbnails,
+                um_per_px=ctx.request.overview_um_per_px,
+            )
+        except Exception:
+            log.exception("scan %s: the overview map could not be made", ctx.scan_id)
+            return None
+        return str(info.path)
 
     def _verdict(self, ctx: _ScanContext) -> tuple[str, str]:
         """Status and reason: a scan is complete only if every tile was processed."""
@@ -295,6 +316,9 @@ class ScanRunner:
     def _process_one(self, frame: Frame, ctx: _ScanContext) -> None:
         acquired_at: datetime = utcnow()
         result = self.pipeline.process(frame)
+        save_tile_preview(frame, result.background, ctx.thumbnails, ctx.request.overview_um_per_px)
+        if ctx.request.keep_tiles:
+            save_full_tile(frame, ctx.thumbnails)
         owned: list[Hit] = [
             h for h in result.hits if ctx.plan.owner_of(h.x_um, h.y_um) == frame.index
         ]

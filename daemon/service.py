@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 from sqlalchemy import Engine
 
-from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans
+from flakescan.db.queries import find_flakes, get_flake, list_scans
 from flakescan.hardware.errors import HardwareError
 from flakescan.hardware.microscope import Microscope
 
@@ -32,6 +32,7 @@ from .events import EventPublisher
 from .protocol import (
     AnalyzeInput,
     AnalyzeParams,
+    FlakeAnnotateParams,
     FlakesParams,
     GotoFlakeParams,
     ProtocolError,
@@ -307,8 +308,18 @@ class Daemon:
 
     def _do_flakes(self, p: FlakesParams) -> dict[str, Any]:
         assert self.engine is not None
-        rows = find_flakes(self.engine, FlakeQuery(**p.model_dump()))
+        rows = find_flakes(self.engine, p.query())
         return reply(True, f"{len(rows)} flakes", flakes=rows)
+
+    def _do_flake_annotate(self, p: FlakeAnnotateParams) -> dict[str, Any]:
+        assert self.components is not None
+        fields = p.model_dump(exclude={"flake_id"})
+        try:
+            row = self.components.writer.annotate(p.flake_id, **fields)
+        except KeyError:
+            return reply(False, f"no flake with id {p.flake_id}")
+        self._publish("flake.annotated", row)
+        return reply(True, f"flake {p.flake_id} annotated", flake=row)
 
     def _do_scans(self, _params: object) -> dict[str, Any]:
         assert self.engine is not None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from flakescan.inference.pipeline import AXIS_FIELDS, Hit
+from flakescan.inference.shape import measure_shape, outline_area, outline_union
 
 __all__ = ["SightingIndex", "merge"]
 
@@ -33,7 +34,8 @@ def merge(old: Hit, new: Hit) -> Hit | None:
     """The best account of one flake from two sightings; None if the new one adds nothing.
 
     A whole view beats a cut one; two cut views of a flake larger than both combine their
-    bounding boxes, and the larger piece speaks for area, colour, class and scores.
+    bounding boxes and outlines (area and shape are the union's), and the larger piece
+    speaks for colour, class and scores.
     """
     if not new.touches_border and old.touches_border:
         return new
@@ -48,12 +50,21 @@ def merge(old: Hit, new: Hit) -> Hit | None:
     )
     # The axis of the better view: the CNN's over the edges', then the more confident.
     axis = max((old, new), key=lambda h: (h.axis_source == "cnn", h.axis_confidence or 0.0))
+    outline, area = big.outline_um, big.area_um2
+    if old.outline_um and new.outline_um:
+        # The whole flake's area: the larger piece's pixel area scaled by what the union
+        # of the two outlines adds to its own.
+        outline = outline_union(old.outline_um, new.outline_um)
+        area = big.area_um2 * outline_area(outline) / max(outline_area(big.outline_um), 1e-9)
     return replace(
         big,
         x_um=(bbox[0] + bbox[2]) / 2 if small.area_um2 > 0.2 * big.area_um2 else big.x_um,
         y_um=(bbox[1] + bbox[3]) / 2 if small.area_um2 > 0.2 * big.area_um2 else big.y_um,
         bbox_um=bbox,
+        area_um2=area,
         touches_border=True,
+        outline_um=outline,
+        shape=measure_shape(outline) if outline else big.shape,
         **{name: getattr(axis, name) for name in AXIS_FIELDS},
     )
 

@@ -197,7 +197,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from flakescan.simulators.chip import Chip
     from flakescan.simulators.evaluate import evaluate_scan
 
-    from .cli import database_url
+    from .catalogue_cli import database_url
 
     engine = open_database(database_url(args), create=False)
     try:

@@ -21,7 +21,11 @@ __all__ = ["CatalogueWriter"]
 
 
 class CatalogueWriter:
-    """Scans, tiles and flakes into the database; one instance, one thread."""
+    """Scans, tiles and flakes into the database; the daemon's one writer.
+
+    Every call is its own session and transaction, so the scan worker's tiles and the
+    control thread's annotations interleave (SQLite serialises the writes).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -136,6 +140,32 @@ class CatalogueWriter:
             s.flush()
             return [f.as_dict() for f in flakes], [f.as_dict() for f in updated]
 
+    def annotate(
+        self,
+        flake_id: int,
+        *,
+        notes: str | None = None,
+        append_note: bool = False,
+        used: bool | None = None,
+        favourite: bool | None = None,
+    ) -> dict:
+        """What a person adds to a flake: notes (replaced, or appended as a new line), the
+        "used" flag (taken for a device) and the favourite flag. Returns the row."""
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            flake = s.get(Flake, flake_id)
+            if flake is None:
+                raise KeyError(f"no flake with id {flake_id}")
+            if notes is not None:
+                old = flake.notes or ""
+                flake.notes = f"{old}\n{notes}" if append_note and old else notes
+            if used is not None:
+                flake.used = used
+            if favourite is not None:
+                flake.favourite = favourite
+            flake.annotated_at = utcnow()
+            s.flush()
+            return flake.as_dict()
+
     def finish_scan(self, scan_id: int, status: str, reason: str = "") -> dict:
         """Close a scan with its final status; returns the scan's summary row."""
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
@@ -169,3 +199,6 @@ def _set_measurements(flake: Flake, h: Hit) -> None:
     for name in AXIS_FIELDS:
         setattr(flake, name, getattr(h, name))
     flake.touches_border = h.touches_border
+    flake.outline_json = json.dumps([list(p) for p in h.outline_um])
+    for name, value in (h.shape.as_columns() if h.shape else {}).items():
+        setattr(flake, name, value)

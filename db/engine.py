@@ -40,12 +40,33 @@ _ADDED_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
         ("flakes", "axis_edges_deg", "FLOAT"),
         ("flakes", "axis_edges_confidence", "FLOAT"),
     ],
+    3: [
+        ("flakes", "outline_json", "TEXT NOT NULL DEFAULT ''"),
+        *(
+            ("flakes", name, "FLOAT")
+            for name in (
+                "perimeter_um",
+                "length_um",
+                "width_um",
+                "aspect_ratio",
+                "inscribed_diameter_um",
+                "rect_length_um",
+                "rect_width_um",
+                "rect_angle_deg",
+            )
+        ),
+        ("flakes", "notes", "TEXT NOT NULL DEFAULT ''"),
+        ("flakes", "used", "BOOLEAN NOT NULL DEFAULT 0"),
+        ("flakes", "favourite", "BOOLEAN NOT NULL DEFAULT 0"),
+        ("flakes", "annotated_at", "DATETIME"),
+    ],
 }
 
 
 def _migrate(conn: Connection, version: int) -> None:
     """Bring an older SQLite catalogue up to SCHEMA_VERSION (alembic takes over in #8).
-    Old rows keep their one axis angle; its source is recorded as the edges estimate."""
+    Old rows keep their one axis angle; its source is recorded as the edges estimate. Rows
+    from before schema 3 have no outline and no shape figures (NULL): not measured."""
     for v in range(version + 1, SCHEMA_VERSION + 1):
         for table, column, sql_type in _ADDED_COLUMNS.get(v, []):
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))

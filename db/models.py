@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 __all__ = ["SCHEMA_VERSION", "Base", "Flake", "Scan", "Tile", "plain", "row_dict", "utcnow"]
 
 # Stored in PRAGMA user_version; bumped with every schema change (migrations in #8).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> datetime:
@@ -142,6 +142,21 @@ class Flake(Base):
     touches_border: Mapped[bool] = mapped_column(Boolean)
     thumbnail_path: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    # schema 3: the outline (JSON [[x_um, y_um], ...]) and the shape figures read off it
+    # (inference/shape.py), NULL for flakes logged before; what people add to a flake.
+    outline_json: Mapped[str] = mapped_column(Text, default="")
+    perimeter_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    length_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    width_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    aspect_ratio: Mapped[float | None] = mapped_column(Float, nullable=True)
+    inscribed_diameter_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rect_length_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rect_width_um: Mapped[float | None] = mapped_column(Float, nullable=True)
+    rect_angle_deg: Mapped[float | None] = mapped_column(Float, nullable=True)
+    notes: Mapped[str] = mapped_column(Text, default="")
+    used: Mapped[bool] = mapped_column(Boolean, default=False)
+    favourite: Mapped[bool] = mapped_column(Boolean, default=False)
+    annotated_at: Mapped[datetime | None] = mapped_column(DateTime, nullable=True)
 
     scan: Mapped[Scan] = relationship(back_populates="flakes")
 

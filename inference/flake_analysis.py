@@ -17,12 +17,12 @@ from PIL import Image, ImageDraw
 
 from flakescan.hardware.frame import Frame
 
+from .annotate import HitMark, draw_hits
 from .pipeline import Hit, TilePipeline
 
 __all__ = ["FLAKE_TASK", "analyze_tile_image", "read_tile_image"]
 
 FLAKE_TASK = "flake-classifier"
-_CLASS_COLOURS = {1: (0, 200, 255), 2: (255, 200, 0), 3: (255, 80, 80)}
 
 
 def read_tile_image(path: Path, srgb: bool = True) -> np.ndarray:
@@ -55,30 +55,36 @@ def _hit_doc(hit: Hit, classes: list[str]) -> dict:
         doc[key] = round(float(doc[key]), 2)
     doc["bbox_um"] = [round(float(v), 2) for v in hit.bbox_um]
     doc["centroid_px"] = [round(float(v), 1) for v in hit.centroid_px]
+    doc["outline_um"] = [[round(float(x), 2), round(float(y), 2)] for x, y in hit.outline_um]
+    doc["shape"] = hit.shape.as_columns() if hit.shape else None
     return doc
 
 
 def _picture(image: np.ndarray, hits: list[Hit], pixel_size_um: float, path: Path) -> Path:
-    """The image (sRGB for people) with each hit's box, class and axis angle."""
+    """The image (sRGB for people) with each hit's outline, number, class and axis."""
     from flakescan.simulators.tone import srgb_encode
 
     scale = float(np.percentile(image, 99.5)) or 1.0
     encoded = (srgb_encode(np.clip(image / scale, 0, 1)) * 255).astype(np.uint8)
     im = Image.fromarray(encoded)
-    draw = ImageDraw.Draw(im)
     h, w = image.shape[:2]
-    for hit in hits:
-        x0, y0, x1, y1 = hit.bbox_um
-        box = [
-            x0 / pixel_size_um + (w - 1) / 2,
-            y0 / pixel_size_um + (h - 1) / 2,
-            x1 / pixel_size_um + (w - 1) / 2,
-            y1 / pixel_size_um + (h - 1) / 2,
-        ]
-        colour = _CLASS_COLOURS.get(hit.flake_class, (255, 255, 255))
-        draw.rectangle(box, outline=colour, width=2)
-        angle = "" if hit.axis_angle_deg is None else f" {hit.axis_angle_deg:.1f} deg"
-        draw.text((box[0], max(0, box[1] - 12)), f"c{hit.flake_class}{angle}", fill=colour)
+
+    def to_px(x_um: float, y_um: float) -> tuple[float, float]:
+        return x_um / pixel_size_um + (w - 1) / 2, y_um / pixel_size_um + (h - 1) / 2
+
+    marks = [
+        HitMark(
+            label=f"{k} c{hit.flake_class}"
+            + ("" if hit.axis_angle_deg is None else f" {hit.axis_angle_deg:.1f} deg"),
+            flake_class=hit.flake_class,
+            outline_um=hit.outline_um,
+            bbox_um=hit.bbox_um,
+            centre_um=(hit.x_um, hit.y_um),
+            axis_angle_deg=hit.axis_angle_deg,
+        )
+        for k, hit in enumerate(hits, start=1)
+    ]
+    draw_hits(ImageDraw.Draw(im), marks, to_px, line_width=2)
     path.parent.mkdir(parents=True, exist_ok=True)
     im.save(path)
     return path

@@ -22,6 +22,7 @@ from .classifier import FlakeClassifier
 from .config import PreselectionConfig
 from .crops import classifier_crop
 from .preselection import Candidate, preselect
+from .shape import Outline, ShapeMetrics, measure_shape, outline_from_mask
 
 __all__ = ["CLEAN_TILE_FRACTION", "Hit", "TilePipeline", "TileResult"]
 
@@ -57,6 +58,9 @@ class Hit:
     axis_cnn_confidence: float | None = None
     axis_edges_deg: float | None = None
     axis_edges_confidence: float | None = None
+    # The outline in stage um (simplified to ~1 px) and the shape figures read off it.
+    outline_um: Outline = ()
+    shape: ShapeMetrics | None = None
 
 
 AXIS_FIELDS = (
@@ -200,6 +204,9 @@ class TilePipeline:
             r0, c0, r1, c1 = cand.bbox_px
             x0, y0 = frame.pixel_to_stage(r0 - 0.5, c0 - 0.5)
             x, y = frame.pixel_to_stage(*cand.centroid_px)
+            outline = outline_from_mask(
+                cand.mask, lambda r, c, r0=r0, c0=c0: frame.pixel_to_stage(r + r0, c + c0)
+            )
             hits.append(
                 Hit(
                     x_um=x,
@@ -220,6 +227,8 @@ class TilePipeline:
                     axis_cnn_confidence=cnn.confidence if cnn else None,
                     axis_edges_deg=edges_angle,
                     axis_edges_confidence=edges_conf,
+                    outline_um=outline,
+                    shape=measure_shape(outline, min_step_um=px / 2),
                 )
             )
         t3 = time.perf_counter()

@@ -6,11 +6,13 @@ signals, bad configs and bad messages are checked for what the user sees.
 
 from __future__ import annotations
 
+import json
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from shapely.geometry import Point
@@ -315,3 +317,29 @@ def test_a_second_daemon_on_the_same_state_directory_is_refused(start_daemon, tm
     assert run.returncode == 1
     assert f"another flakescan process (pid {d.proc.pid})" in run.stderr
     assert d.client.request("status")["state"] == "idle"
+
+
+def test_notes_and_flags_go_through_the_daemon_and_are_published(start_daemon, capsys):
+    from flakescan.daemon.cli import main
+
+    d = start_daemon({"scan": {"region_um": [1000.0, 1000.0, 2100.0, 1400.0]}})
+    with EventSubscriber(d.events) as sub:
+        scan_id = d.client.request("scan_start")["scan_id"]
+        events = collect_scan(sub, scan_id)
+        finished = events[-1]["data"]
+        assert finished["status"] == "completed"
+        assert finished["overview"] and Path(finished["overview"]).is_file()
+        fid = next(e["data"]["id"] for e in events if e["topic"] == "flake.found")
+        cli = ["flake", str(fid), "--control", d.control, "--note", "for the Hall bar"]
+        assert main([*cli, "--favourite"]) == 0
+        reply = json.loads(capsys.readouterr().out)
+        assert reply["success"] and reply["flake"]["notes"] == "for the Hall bar"
+        ev = sub.next(timeout_s=10)
+        while ev is not None and ev["topic"] != "flake.annotated":
+            ev = sub.next(timeout_s=10)
+    assert ev is not None and ev["data"]["id"] == fid and ev["data"]["favourite"] is True
+    assert db_flakes(d.db_path, scan_id)[fid]["favourite"] == 1
+    refused = d.client.request("flake_annotate", {"flake_id": 99999, "used": True})
+    assert not refused["success"] and "no flake with id 99999" in refused["msg"]
+    bad = d.client.request("flake_annotate", {"flake_id": fid, "used": "maybe"})
+    assert not bad["success"] and "used" in bad["msg"] and "maybe" in bad["msg"]

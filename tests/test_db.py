@@ -15,6 +15,7 @@ from flakescan.db.engine import SchemaVersionError, open_database, sqlite_url
 from flakescan.db.models import SCHEMA_VERSION
 from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans, scan_summary
 from flakescan.inference.pipeline import Hit, TileResult
+from flakescan.inference.shape import measure_shape
 
 
 def hit(x: float, area: float, cls: int) -> Hit:
@@ -32,6 +33,40 @@ def hit(x: float, area: float, cls: int) -> Hit:
         touches_border=False,
         centroid_px=(100.0, 200.0),
         thumbnail=np.zeros((4, 4, 3), np.uint8),
+    )
+
+
+SCHEMA_2_COLUMNS = (
+    "axis_source",
+    "axis_cnn_deg",
+    "axis_cnn_confidence",
+    "axis_edges_deg",
+    "axis_edges_confidence",
+)
+SCHEMA_3_COLUMNS = (
+    "outline_json",
+    "perimeter_um",
+    "length_um",
+    "width_um",
+    "aspect_ratio",
+    "inscribed_diameter_um",
+    "rect_length_um",
+    "rect_width_um",
+    "rect_angle_deg",
+    "notes",
+    "used",
+    "favourite",
+    "annotated_at",
+)
+
+
+def shaped_hit(length: float, width: float, x: float = 500.0, cls: int = 1) -> Hit:
+    """A rectangular flake, its outline and shape figures as the pipeline gives them."""
+    outline = ((x, 0.0), (x + length, 0.0), (x + length, width), (x, width))
+    return replace(
+        hit(x + length / 2, length * width, cls),
+        outline_um=outline,
+        shape=measure_shape(outline),
     )
 
 
@@ -86,7 +121,7 @@ def test_sqlite_is_in_wal_mode_with_a_schema_version(catalogue):
     engine, *_ = catalogue
     with engine.connect() as c:
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert c.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION == 2
+        assert c.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION == 3
         assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
@@ -94,15 +129,10 @@ def test_a_version_1_catalogue_is_upgraded_in_place_and_keeps_its_rows(catalogue
     engine, writer, scan_id, path = catalogue
     record(writer, scan_id, 0, [hit(1.0, 30.0, 1)])
     engine.dispose()
-    # Turn it into what flakescan 0.1 wrote: schema 1 had one axis angle per flake.
+    # Turn it into what flakescan 0.1 wrote: schema 1 had one axis angle per flake, and
+    # no outlines, shape figures, notes or flags (schema 3).
     with sqlite3.connect(path) as con:
-        for col in (
-            "axis_source",
-            "axis_cnn_deg",
-            "axis_cnn_confidence",
-            "axis_edges_deg",
-            "axis_edges_confidence",
-        ):
+        for col in (*SCHEMA_2_COLUMNS, *SCHEMA_3_COLUMNS):
             con.execute(f"ALTER TABLE flakes DROP COLUMN {col}")
         con.execute("PRAGMA user_version = 1")
     engine = open_database(sqlite_url(path), create=False)
@@ -114,7 +144,27 @@ def test_a_version_1_catalogue_is_upgraded_in_place_and_keeps_its_rows(catalogue
                 "axis_edges_confidence, axis_cnn_deg FROM flakes"
             )
         ).one()
+        old = c.execute(text("SELECT notes, used, favourite, aspect_ratio FROM flakes")).one()
     assert tuple(row) == (12.5, "edges", 12.5, 0.7, None)
+    assert tuple(old) == ("", 0, 0, None)  # not measured then: NULL, not a made-up figure
+    engine.dispose()
+
+
+def test_a_version_2_catalogue_gains_outlines_notes_and_flags(catalogue):
+    engine, writer, scan_id, path = catalogue
+    record(writer, scan_id, 0, [hit(1.0, 30.0, 1)])
+    engine.dispose()
+    with sqlite3.connect(path) as con:
+        for col in SCHEMA_3_COLUMNS:
+            con.execute(f"ALTER TABLE flakes DROP COLUMN {col}")
+        con.execute("PRAGMA user_version = 2")
+    engine = open_database(sqlite_url(path))
+    writer = CatalogueWriter(engine)
+    rows = record(writer, scan_id, 1, [shaped_hit(40.0, 20.0)])
+    assert rows[0]["aspect_ratio"] == pytest.approx(2.0, rel=0.02)
+    with engine.connect() as c:
+        assert c.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION
+        assert c.execute(text("SELECT count(*) FROM flakes WHERE used = 0")).scalar() == 2
     engine.dispose()
 
 
