@@ -121,6 +121,7 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
         instrument=cfg.instrument,
         thumbnails_dir=state_dir / "thumbnails",
         classifier_name=classifier.card.name,
+        focus=cfg.focus,
     )
     return Components(lock, engine, writer, microscope, classifier, axis_model, runner, interrupted)
 
@@ -139,6 +140,7 @@ def scan_request(cfg: ServiceConfig, p: ScanStartParams, microscope: Microscope)
         name=p.name,
         z_um=d.z_um if p.z_um is None else p.z_um,
         keep_tiles=d.keep_tiles if p.keep_tiles is None else p.keep_tiles,
+        autofocus=cfg.focus.enabled if p.autofocus is None else p.autofocus,
         overview_um_per_px=d.overview_um_per_px,
     )
 
@@ -150,4 +152,5 @@ def scan_settings(cfg: ServiceConfig) -> dict:
         "models": cfg.models.model_dump(mode="json"),
         "objective": cfg.objective.model_dump(),
         "overview_um_per_px": cfg.scan.overview_um_per_px,
+        "focus": cfg.focus.model_dump(),
     }

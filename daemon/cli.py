@@ -77,6 +77,10 @@ def _scan_params(args: argparse.Namespace) -> dict[str, Any]:
         params["chip_id"] = args.chip_id
     if args.name:
         params["name"] = args.name
+    if args.autofocus is not None:
+        params["autofocus"] = args.autofocus
+    if args.keep_tiles:
+        params["keep_tiles"] = True
     return params
 
 
@@ -383,6 +387,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--overlap", type=float, help="tile overlap in percent")
     sp.add_argument("--chip-id")
     sp.add_argument("--name", default="")
+    focus = sp.add_mutually_exclusive_group()
+    focus.add_argument(
+        "--autofocus",
+        dest="autofocus",
+        action="store_const",
+        const=True,
+        default=None,
+        help="focus map and surface first, refocus during the scan (default: [focus] enabled)",
+    )
+    focus.add_argument("--no-autofocus", dest="autofocus", action="store_const", const=False)
+    sp.add_argument("--keep-tiles", action="store_true", help="keep full-resolution tiles")
     sp.add_argument("--local", action="store_true", help="run in this process, no daemon")
     sp.add_argument("--state-dir", type=Path, help="with --local: state directory")
     sp.add_argument("--no-progress", action="store_true")

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from flakescan.db.config import DatabaseConfig
 from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
+from flakescan.hardware.focus import FocusConfig
 from flakescan.inference.config import ModelsConfig, PreselectionConfig
 from flakescan.inference.registry import is_model_path
 from flakescan.simulators.config import ReplayConfig, SimulatorConfig
@@ -140,6 +141,7 @@ class ServiceConfig(BaseModel):
     database: DatabaseConfig = DatabaseConfig()
     zmq: ZmqConfig = ZmqConfig()
     http: HttpConfig = HttpConfig()
+    focus: FocusConfig = FocusConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ServiceConfig:

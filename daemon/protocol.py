@@ -50,6 +50,7 @@ class ScanStartParams(_Params):
     name: str = Field("", max_length=256)
     z_um: float | None = None
     keep_tiles: bool | None = None  # default: [scan] keep_tiles
+    autofocus: bool | None = None  # default: [focus] enabled
 
 
 class GotoFlakeParams(_Params):

@@ -28,6 +28,7 @@ from PIL import Image
 from flakescan.db.catalogue import CatalogueWriter
 from flakescan.db.models import utcnow
 from flakescan.hardware.engine import StrictMDAEngine
+from flakescan.hardware.focus import FocusConfig, FocusPoint, FocusTracker, map_focus, sharpness
 from flakescan.hardware.frame import Frame
 from flakescan.hardware.microscope import Microscope
 from flakescan.inference.pipeline import Hit, TilePipeline
@@ -52,6 +53,7 @@ class ScanRequest:
     name: str = ""
     z_um: float | None = None
     keep_tiles: bool = False  # full-resolution tiles for the OME-TIFF mosaic
+    autofocus: bool = False  # focus map and surface before the tiles, refocus during them
     overview_um_per_px: float = 4.0
 
 
@@ -66,10 +68,12 @@ class ScanOutcome:
     per_class: dict[int, int]
     elapsed_s: float
     overview: str | None = None  # the overview map's path, None if it could not be made
+    focus: dict[str, Any] | None = None  # the focus surface, when the scan autofocused
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "overview": self.overview,
+            "focus": self.focus,
             "scan_id": self.scan_id,
             "status": self.status,
             "reason": self.reason,
@@ -93,6 +97,7 @@ class _ScanContext:
     flakes: int = 0
     per_class: Counter = field(default_factory=Counter)
     error: str | None = None
+    focus: dict[str, Any] | None = None  # the focus surface followed, and refocus count
     sightings: SightingIndex = field(default_factory=SightingIndex)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -124,6 +129,7 @@ class ScanRunner:
         instrument: str,
         thumbnails_dir: Path,
         classifier_name: str = "",
+        focus: FocusConfig | None = None,
     ) -> None:
         self.microscope = microscope
         self.pipeline = pipeline
@@ -132,6 +138,7 @@ class ScanRunner:
         self.instrument = instrument
         self.thumbnails_dir = thumbnails_dir
         self.classifier_name = classifier_name
+        self.focus_config = focus or FocusConfig()
         self._engine = StrictMDAEngine(microscope)
         microscope.core.mda.set_engine(self._engine)
         self._cancel = threading.Event()
@@ -209,6 +216,7 @@ class ScanRunner:
             per_class=dict(ctx.per_class),
             elapsed_s=time.monotonic() - t0,
             overview=self._overview(ctx),
+            focus=ctx.focus,
         )
         self.current = None
         if on_outcome is not None:
@@ -285,20 +293,49 @@ class ScanRunner:
         mda.events.sequenceStarted.connect(on_started)
         worker.start()
         try:
+            if ctx.request.autofocus and not self._cancel.is_set():
+                self._engine.focus = self._focus_map(ctx)
             if not self._cancel.is_set():
                 mda.run(ctx.plan.sequence)
-        except Exception as exc:  # a device fault: the scan fails with it
+        except Exception as exc:  # a device fault or no focus found: the scan fails with it
             ctx.fail(f"{type(exc).__name__}: {exc}")
             log.error("scan %s: acquisition failed: %s", ctx.scan_id, exc)
         finally:
+            tracker, self._engine.focus = self._engine.focus, None
             mda.events.sequenceStarted.disconnect(on_started)
             mda.events.frameReady.disconnect(on_frame)
             frames.put(_STOP)
             worker.join()
+            if tracker is not None:
+                ctx.focus = {**tracker.surface.describe(), "refocused": tracker.refocus_count}
         if ctx.error is not None:
             problems = self.microscope.stop()
             if problems:
                 ctx.error += "; " + "; ".join(problems)
+
+    def _focus_map(self, ctx: _ScanContext) -> FocusTracker:
+        """Autofocus over the region, fit the surface, and say so on the event stream."""
+        cfg = self.focus_config
+
+        def on_point(p: FocusPoint) -> None:
+            self.publish("focus.point", {"scan_id": ctx.scan_id, **p.as_dict()})
+
+        def on_refocus(p: FocusPoint, shift: float) -> None:
+            self.publish(
+                "focus.refocused",
+                {"scan_id": ctx.scan_id, **p.as_dict(), "shift_um": round(shift, 3)},
+            )
+
+        surface = map_focus(
+            self.microscope,
+            cfg,
+            ctx.request.region_um,
+            on_point=on_point,
+            cancelled=self._cancel.is_set,
+        )
+        self.writer.add_scan_settings(ctx.scan_id, {"focus_surface": surface.describe()})
+        self.publish("focus.surface", {"scan_id": ctx.scan_id, **surface.describe()})
+        return FocusTracker(surface, cfg, on_refocus=on_refocus)
 
     def _process_frames(self, frames: queue.Queue, ctx: _ScanContext) -> None:
         """Worker: pipeline, ownership, one transaction per tile, then events."""
@@ -316,6 +353,9 @@ class ScanRunner:
     def _process_one(self, frame: Frame, ctx: _ScanContext) -> None:
         acquired_at: datetime = utcnow()
         result = self.pipeline.process(frame)
+        tile_sharpness = sharpness(frame.image)
+        if (tracker := self._engine.focus) is not None:
+            tracker.note_tile(tile_sharpness)
         save_tile_preview(frame, result.background, ctx.thumbnails, ctx.request.overview_um_per_px)
         if ctx.request.keep_tiles:
             save_full_tile(frame, ctx.thumbnails)
@@ -362,6 +402,8 @@ class ScanRunner:
                 "candidates": result.n_candidates,
                 "hits": len(rows),
                 "skipped_reason": result.skipped_reason,
+                "z_um": round(frame.z_um, 3),
+                "sharpness": round(tile_sharpness, 6),
                 "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
             },
         )

@@ -140,6 +140,16 @@ class CatalogueWriter:
             s.flush()
             return [f.as_dict() for f in flakes], [f.as_dict() for f in updated]
 
+    def add_scan_settings(self, scan_id: int, extra: dict) -> None:
+        """Merge what the scan learnt as it started (its focus surface) into its settings."""
+        with Session(self.engine) as s, s.begin():
+            scan = s.get(Scan, scan_id)
+            if scan is None:
+                raise KeyError(f"no scan {scan_id}")
+            scan.settings_json = json.dumps(
+                {**json.loads(scan.settings_json or "{}"), **extra}, default=str
+            )
+
     def annotate(
         self,
         flake_id: int,

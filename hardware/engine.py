@@ -16,6 +16,7 @@ from pymmcore_plus.metadata.schema import SummaryMetaV1
 from useq import AcquireImage, MDAEvent, MDASequence
 
 from .errors import DeviceError
+from .focus import FocusTracker
 from .microscope import Microscope, _device_call
 
 __all__ = ["StrictMDAEngine"]
@@ -29,6 +30,9 @@ class StrictMDAEngine(MDAEngine):
             microscope.core, use_hardware_sequencing=False, restore_initial_state=False
         )
         self.microscope = microscope
+        # When set (by the scan, after its focus map), every tile's Z comes from the focus
+        # surface, and the tracker says when to refocus.
+        self.focus: FocusTracker | None = None
 
     def setup_sequence(self, sequence: MDASequence) -> SummaryMetaV1 | None:
         # The parent fits grid plans to the current field of view; nothing moves yet. Then
@@ -37,6 +41,8 @@ class StrictMDAEngine(MDAEngine):
         for event in sequence:
             if event.x_pos is not None and event.y_pos is not None:
                 self.microscope.check_xy(event.x_pos, event.y_pos)
+                if self.focus is not None:
+                    self.microscope.check_z(self.focus.z_for(event.x_pos, event.y_pos))
             if event.z_pos is not None:
                 self.microscope.check_z(event.z_pos)
         return meta
@@ -45,6 +51,8 @@ class StrictMDAEngine(MDAEngine):
         self.setup_single_event(event)
         with _device_call("system", "wait for devices"):
             self.mmcore.waitForSystem()
+        if self.focus is not None and self.focus.refocus_due():
+            self.focus.refocus(self.microscope)
 
     def setup_single_event(self, event: MDAEvent) -> None:
         mic = self.microscope
@@ -54,7 +62,9 @@ class StrictMDAEngine(MDAEngine):
                 cx, cy = mic.position()
                 x, y = (cx if x is None else x), (cy if y is None else y)
             mic.move_xy(x, y, wait=False)
-        if event.z_pos is not None:
+            if self.focus is not None:
+                mic.move_z(self.focus.z_for(x, y), wait=False)
+        if event.z_pos is not None and self.focus is None:
             mic.move_z(event.z_pos, wait=False)
         if event.channel is not None:
             with _device_call("config", f"set {event.channel.group}={event.channel.config}"):

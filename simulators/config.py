@@ -116,11 +116,14 @@ class StageSpec(BaseModel):
     xy_speed_um_s: float = Field(20000.0, gt=0)
     xy_settle_ms: float = Field(20.0, ge=0)
     z_speed_um_s: float = Field(2000.0, gt=0)
-    # Chip surface height: z_surface = focus_z_um + tilt * (x, y) in um per mm, drifting
-    # with time (thermal drift of the stand).
+    # Chip surface height: z_surface = focus_z_um + tilt * (x, y) in um per mm + a bow
+    # (a chip that bends: bow * r^2, r in mm from bow_centre_um), drifting with time
+    # (thermal drift of the stand).
     focus_z_um: float = 0.0
     tilt_x_um_per_mm: float = 0.0
     tilt_y_um_per_mm: float = 0.0
+    bow_um_per_mm2: float = 0.0
+    bow_centre_um: tuple[float, float] = (2500.0, 2500.0)
     focus_drift_um_per_min: float = 0.0
 
 

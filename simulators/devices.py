@@ -95,12 +95,14 @@ class StageState:
         return n
 
     def surface_z_um(self, x_um: float, y_um: float, now: float | None = None) -> float:
-        """Height of the chip surface under the objective: tilted, and drifting with time."""
+        """Height of the chip surface under the objective: tilted, bowed, and drifting."""
         s = self.stage
         now = time.monotonic() if now is None else now
         drift = s.focus_drift_um_per_min * (now - self.started) / 60.0
         tilt = (s.tilt_x_um_per_mm * x_um + s.tilt_y_um_per_mm * y_um) / 1000.0
-        return s.focus_z_um + tilt + drift
+        cx, cy = s.bow_centre_um
+        bow = s.bow_um_per_mm2 * ((x_um - cx) ** 2 + (y_um - cy) ** 2) / 1e6
+        return s.focus_z_um + tilt + bow + drift
 
 
 @dataclass(kw_only=True)
