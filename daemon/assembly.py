@@ -97,7 +97,12 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
             raise StartupError(f"axis model {cfg.models.axis}: {exc}") from exc
         try:
             microscope = open_microscope(
-                cfg.hardware, cfg.objective, cfg.travel_limits, cfg.simulator, cfg.replay
+                cfg.hardware,
+                cfg.objective,
+                cfg.travel_limits,
+                cfg.simulator,
+                cfg.replay,
+                objectives=cfg.objectives or None,
             )
         except Exception as exc:
             raise StartupError(f"hardware ({cfg.hardware.backend}): {exc}") from exc
@@ -122,6 +127,7 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
         thumbnails_dir=state_dir / "thumbnails",
         classifier_name=classifier.card.name,
         focus=cfg.focus,
+        chip_finder=cfg.chip_finder,
     )
     return Components(lock, engine, writer, microscope, classifier, axis_model, runner, interrupted)
 
@@ -141,6 +147,7 @@ def scan_request(cfg: ServiceConfig, p: ScanStartParams, microscope: Microscope)
         z_um=d.z_um if p.z_um is None else p.z_um,
         keep_tiles=d.keep_tiles if p.keep_tiles is None else p.keep_tiles,
         autofocus=cfg.focus.enabled if p.autofocus is None else p.autofocus,
+        find_chip=cfg.chip_finder.enabled if p.find_chip is None else p.find_chip,
         overview_um_per_px=d.overview_um_per_px,
     )
 

@@ -81,6 +81,8 @@ def _scan_params(args: argparse.Namespace) -> dict[str, Any]:
         params["autofocus"] = args.autofocus
     if args.keep_tiles:
         params["keep_tiles"] = True
+    if args.find_chip:
+        params["find_chip"] = True
     return params
 
 
@@ -398,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     focus.add_argument("--no-autofocus", dest="autofocus", action="store_const", const=False)
     sp.add_argument("--keep-tiles", action="store_true", help="keep full-resolution tiles")
+    sp.add_argument(
+        "--find-chip",
+        action="store_true",
+        help="find the chip at the lowest magnification first; scan its outline only",
+    )
     sp.add_argument("--local", action="store_true", help="run in this process, no daemon")
     sp.add_argument("--state-dir", type=Path, help="with --local: state directory")
     sp.add_argument("--no-progress", action="store_true")

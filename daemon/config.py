@@ -23,6 +23,7 @@ from flakescan.inference.config import ModelsConfig, PreselectionConfig
 from flakescan.inference.registry import is_model_path
 from flakescan.simulators.config import ReplayConfig, SimulatorConfig
 
+from .chip_finder import ChipFinderConfig
 from .scan_plan import RegionUm
 
 __all__ = [
@@ -133,6 +134,9 @@ class ServiceConfig(BaseModel):
     hardware: HardwareConfig = HardwareConfig()
     travel_limits: TravelLimits = TravelLimits()
     objective: ObjectiveConfig = ObjectiveConfig()
+    # The other objectives, with offsets calibrated against [objective]; empty on the
+    # simulator: its turret's own (1x, 20x, 50x), as a calibration would have found them.
+    objectives: list[ObjectiveConfig] = []
     simulator: SimulatorConfig = SimulatorConfig()
     replay: ReplayConfig | None = None
     scan: ScanDefaults = ScanDefaults()
@@ -142,6 +146,7 @@ class ServiceConfig(BaseModel):
     zmq: ZmqConfig = ZmqConfig()
     http: HttpConfig = HttpConfig()
     focus: FocusConfig = FocusConfig()
+    chip_finder: ChipFinderConfig = ChipFinderConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ServiceConfig:

@@ -18,6 +18,7 @@ __all__ = ["TOPICS", "EventPublisher", "make_event"]
 TOPICS = (
     "daemon.heartbeat",
     "daemon.state",
+    "chip.outline",
     "scan.started",
     "focus.point",
     "focus.surface",

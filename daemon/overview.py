@@ -247,6 +247,10 @@ def _draw_marks(
     tiles_present: int,
 ) -> None:
     x0, y0 = origin
+    chip = json.loads(scan.settings_json or "{}").get("chip_outline")
+    if chip and len(chip["vertices_um"]) >= 3:  # where the pre-pass found the chip
+        pts = [((x - x0) / um_per_px, (y - y0) / um_per_px) for x, y in chip["vertices_um"]]
+        draw.line([*pts, pts[0]], fill=(255, 255, 255), width=1)
 
     def to_px(x: float, y: float) -> tuple[float, float]:
         return (x - x0) / um_per_px, (y - y0) / um_per_px

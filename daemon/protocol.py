@@ -51,6 +51,7 @@ class ScanStartParams(_Params):
     z_um: float | None = None
     keep_tiles: bool | None = None  # default: [scan] keep_tiles
     autofocus: bool | None = None  # default: [focus] enabled
+    find_chip: bool | None = None  # default: [chip_finder] enabled
 
 
 class GotoFlakeParams(_Params):

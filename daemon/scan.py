@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from shapely.geometry import Point, Polygon
+from shapely.prepared import prep
 
 from flakescan.db.catalogue import CatalogueWriter
 from flakescan.db.models import utcnow
@@ -33,6 +35,7 @@ from flakescan.hardware.frame import Frame
 from flakescan.hardware.microscope import Microscope
 from flakescan.inference.pipeline import Hit, TilePipeline
 
+from .chip_finder import ChipFinderConfig, find_chip, plan_for_chip
 from .overview import render_overview, save_full_tile, save_tile_preview
 from .scan_plan import ScanPlan
 from .sightings import SightingIndex, merge
@@ -54,6 +57,7 @@ class ScanRequest:
     z_um: float | None = None
     keep_tiles: bool = False  # full-resolution tiles for the OME-TIFF mosaic
     autofocus: bool = False  # focus map and surface before the tiles, refocus during them
+    find_chip: bool = False  # pre-pass at the lowest magnification: scan the chip's outline
     overview_um_per_px: float = 4.0
 
 
@@ -130,6 +134,7 @@ class ScanRunner:
         thumbnails_dir: Path,
         classifier_name: str = "",
         focus: FocusConfig | None = None,
+        chip_finder: ChipFinderConfig | None = None,
     ) -> None:
         self.microscope = microscope
         self.pipeline = pipeline
@@ -139,6 +144,7 @@ class ScanRunner:
         self.thumbnails_dir = thumbnails_dir
         self.classifier_name = classifier_name
         self.focus_config = focus or FocusConfig()
+        self.chip_finder = chip_finder or ChipFinderConfig()
         self._engine = StrictMDAEngine(microscope)
         microscope.core.mda.set_engine(self._engine)
         self._cancel = threading.Event()
@@ -210,7 +216,7 @@ class ScanRunner:
             scan_id=scan_id,
             status=status,
             reason=reason,
-            tiles_planned=plan.n_tiles,
+            tiles_planned=ctx.plan.n_tiles,
             tiles_done=ctx.tiles_done,
             flakes=ctx.flakes,
             per_class=dict(ctx.per_class),
@@ -253,6 +259,13 @@ class ScanRunner:
         """The MDA runner acquires in this thread; a worker thread processes."""
         self.pipeline.start_chip()
         ctx.thumbnails.mkdir(parents=True, exist_ok=True)
+        if ctx.request.find_chip:
+            try:
+                ctx.plan = self._plan_for_chip(ctx)
+            except Exception as exc:  # a device fault, no chip, tiles out of limits
+                ctx.fail(f"finding the chip failed: {type(exc).__name__}: {exc}")
+                log.error("scan %s: finding the chip failed: %s", ctx.scan_id, exc)
+                return
         self.publish(
             "scan.started",
             {
@@ -313,6 +326,35 @@ class ScanRunner:
             if problems:
                 ctx.error += "; " + "; ".join(problems)
 
+    def _plan_for_chip(self, ctx: _ScanContext) -> ScanPlan:
+        """The pre-pass: the chip's outline at the lowest magnification, then the tiles
+        that meet it; the scan's row and the event stream learn both."""
+        req = ctx.request
+        outline = find_chip(self.microscope, self.chip_finder, req.region_um)
+        plan = plan_for_chip(
+            outline, self.microscope.fov_um, req.overlap_pct, req.z_um, self.chip_finder
+        )
+        plan.check_limits(self.microscope.limits)
+        self.writer.replan_scan(
+            ctx.scan_id,
+            plan.region_um,
+            plan.n_tiles,
+            {
+                "chip_outline": outline.describe(),
+                "mda_sequence": plan.sequence.model_dump(mode="json"),
+            },
+        )
+        self.publish(
+            "chip.outline",
+            {
+                "scan_id": ctx.scan_id,
+                **outline.describe(),
+                "tiles": plan.n_tiles,
+                "tiles_in_region": ctx.plan.n_tiles,
+            },
+        )
+        return plan
+
     def _focus_map(self, ctx: _ScanContext) -> FocusTracker:
         """Autofocus over the region, fit the surface, and say so on the event stream."""
         cfg = self.focus_config
@@ -320,16 +362,18 @@ class ScanRunner:
         def on_point(p: FocusPoint) -> None:
             self.publish("focus.point", {"scan_id": ctx.scan_id, **p.as_dict()})
 
-        def on_refocus(p: FocusPoint, shift: float) -> None:
-            self.publish(
-                "focus.refocused",
-                {"scan_id": ctx.scan_id, **p.as_dict(), "shift_um": round(shift, 3)},
-            )
+        def on_refocus(doc: dict) -> None:
+            self.publish("focus.refocused", {"scan_id": ctx.scan_id, **doc})
 
+        inside = None
+        if ctx.plan.polygon_um is not None:  # focus on the chip, not beside it
+            chip = prep(Polygon(ctx.plan.polygon_um).buffer(-self.chip_finder.outline_margin_um))
+            inside = lambda x, y: chip.contains(Point(x, y))  # noqa: E731
         surface = map_focus(
             self.microscope,
             cfg,
-            ctx.request.region_um,
+            ctx.plan.region_um,
+            inside=inside,
             on_point=on_point,
             cancelled=self._cancel.is_set,
         )

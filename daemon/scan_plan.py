@@ -45,6 +45,9 @@ class ScanPlan:
     fov_um: tuple[float, float]
     overlap_pct: float
     z_um: float | None = None
+    # The chip's outline (stage um): only tiles that meet it are scanned (useq's polygon
+    # grid, laid on the region's bounding box like the rectangular one).
+    polygon_um: tuple[tuple[float, float], ...] | None = None
     sequence: useq.MDASequence = field(init=False, repr=False)
     centres: np.ndarray = field(init=False, repr=False)  # (n, 2) in acquisition order
 
@@ -56,16 +59,26 @@ class ScanPlan:
                 f"region_um {list(self.region_um)} would take {n} tiles of "
                 f"{self.fov_um[0]:.0f} x {self.fov_um[1]:.0f} um; at most {MAX_TILES} per scan"
             )
-        grid = useq.GridFromEdges(
-            top=y1,
-            left=x0,
-            bottom=y0,
-            right=x1,
-            overlap=self.overlap_pct,
-            fov_width=self.fov_um[0],
-            fov_height=self.fov_um[1],
-            mode="row_wise_snake",
-        )
+        grid: useq.GridFromEdges | useq.GridFromPolygon
+        if self.polygon_um is not None:
+            grid = useq.GridFromPolygon(
+                vertices=list(self.polygon_um),
+                overlap=self.overlap_pct,
+                fov_width=self.fov_um[0],
+                fov_height=self.fov_um[1],
+                mode="row_wise_snake",
+            )
+        else:
+            grid = useq.GridFromEdges(
+                top=y1,
+                left=x0,
+                bottom=y0,
+                right=x1,
+                overlap=self.overlap_pct,
+                fov_width=self.fov_um[0],
+                fov_height=self.fov_um[1],
+                mode="row_wise_snake",
+            )
         # A fixed focus, when asked for, rides on one position without x, y.
         at_z = [useq.AbsolutePosition(z=self.z_um)] if self.z_um is not None else []
         seq = useq.MDASequence(grid_plan=grid, stage_positions=at_z)
@@ -121,6 +134,7 @@ class ScanPlan:
     def describe(self) -> dict:
         return {
             "region_um": list(self.region_um),
+            "polygon_um": [list(p) for p in self.polygon_um] if self.polygon_um else None,
             "fov_um": [round(v, 2) for v in self.fov_um],
             "overlap_pct": self.overlap_pct,
             "tiles": self.n_tiles,

@@ -150,6 +150,24 @@ class CatalogueWriter:
                 {**json.loads(scan.settings_json or "{}"), **extra}, default=str
             )
 
+    def replan_scan(
+        self,
+        scan_id: int,
+        region_um: tuple[float, float, float, float],
+        tiles_planned: int,
+        extra_settings: dict,
+    ) -> None:
+        """The scan's tiles, planned again once its chip was found (a smaller region)."""
+        with Session(self.engine) as s, s.begin():
+            scan = s.get(Scan, scan_id)
+            if scan is None:
+                raise KeyError(f"no scan {scan_id}")
+            scan.region_x0_um, scan.region_y0_um, scan.region_x1_um, scan.region_y1_um = region_um
+            scan.tiles_planned = tiles_planned
+            scan.settings_json = json.dumps(
+                {**json.loads(scan.settings_json or "{}"), **extra_settings}, default=str
+            )
+
     def annotate(
         self,
         flake_id: int,

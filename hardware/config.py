@@ -38,16 +38,28 @@ class TravelLimits(BaseModel):
 
 
 class ObjectiveConfig(BaseModel):
-    """The scanning objective: its pixel size on the camera fixes the field of view."""
+    """An objective: its pixel size on the camera fixes the field of view. `[objective]` is
+    the scanning one; `[[objectives]]` the others, with their offsets as calibrated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    name: str = "5x"
+    name: str = Field("5x", min_length=1)
     magnification: float = Field(5.0, gt=0)
     numerical_aperture: float = Field(0.14, gt=0, lt=1.6)
     pixel_size_um: float = Field(0.57, gt=0, le=50)
     # Expected field of view (width, height) in um; checked against camera size x pixel size.
     field_of_view_um: tuple[float, float] | None = None
+    # Its position's label on the turret (Micro-Manager state device); default: the name.
+    label: str | None = None
+    # Calibrated against the scanning objective: where this one's image centre lies (stage
+    # um) when the scanning one's is at 0, and where it focuses. Zero for the scanning one.
+    offset_x_um: float = 0.0
+    offset_y_um: float = 0.0
+    offset_z_um: float = 0.0
+
+    @property
+    def turret_label(self) -> str:
+        return self.label or self.name
 
 
 class HardwareConfig(BaseModel):
@@ -62,6 +74,9 @@ class HardwareConfig(BaseModel):
     timeout_ms: int = Field(5000, ge=10, le=600000)
     # Whether camera values are proportional to light; contrast bins need linear pixels.
     pixels_linear: bool = True
+    # The objective turret's Micro-Manager device label (a state device); none: one objective.
+    # The simulator always has one, "Objective".
+    objective_device: str | None = None
 
     @model_validator(mode="after")
     def _mm_config_given(self) -> HardwareConfig:

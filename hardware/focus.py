@@ -68,6 +68,9 @@ class FocusConfig(BaseModel):
     bend_threshold_um: float = Field(1.0, gt=0)
     refocus_every_tiles: int = Field(25, ge=0)  # 0: only when sharpness drops
     refocus_drop: float = Field(0.6, gt=0, lt=1)  # tile sharpness / median of the last tiles
+    # A refocus with nothing in view is tried again at the next tile, the surface kept;
+    # this many misses in a row fail the scan.
+    max_refocus_misses: int = Field(10, ge=1)
     # Coarse sweep max / min below this: nothing in view to focus on (a tenth of the excess
     # for the fine sweep).
     min_peak_contrast: float = Field(1.08, gt=1)
@@ -355,12 +358,13 @@ class FocusTracker:
         self,
         surface: FocusSurface,
         cfg: FocusConfig,
-        on_refocus: Callable[[FocusPoint, float], None] | None = None,
+        on_refocus: Callable[[dict], None] | None = None,
     ) -> None:
         self.surface = surface
         self.cfg = cfg
         self.on_refocus = on_refocus
         self.refocus_count = 0
+        self.misses = 0  # refocus attempts in a row that found nothing to focus on
         self._since = 0
         self._history: list[float] = []
         self._dropped = threading.Event()
@@ -380,17 +384,33 @@ class FocusTracker:
         every = self.cfg.refocus_every_tiles
         return self._dropped.is_set() or (every > 0 and self._since > every)
 
-    def refocus(self, mic: Microscope) -> FocusPoint:
-        """A fine sweep round the surface's Z here; the surface moves by what it finds."""
+    def refocus(self, mic: Microscope) -> FocusPoint | None:
+        """A fine sweep round the surface's Z here; the surface moves by what it finds.
+
+        A field with nothing to focus on (the chip's edge, bare wafer) keeps the surface and
+        Z as they were and tries again at the next tile; `max_refocus_misses` in a row
+        raise FocusError, so a scan never runs on for long without a focus it has checked.
+        """
         x, y = mic.position()
         expected = self.z_for(x, y)
-        point = autofocus(mic, self.cfg, z_start=expected, fine_only=True)
+        try:
+            point = autofocus(mic, self.cfg, z_start=expected, fine_only=True)
+        except FocusError as exc:
+            self.misses += 1
+            mic.move_z(expected)
+            log.warning("refocus missed (%d in a row): %s", self.misses, exc)
+            if self.on_refocus is not None:
+                self.on_refocus({"found": False, "reason": str(exc), "misses": self.misses})
+            if self.misses >= self.cfg.max_refocus_misses:
+                raise FocusError(f"{self.misses} refocus attempts in a row failed: {exc}") from exc
+            return None
         shift = point.z_um - expected
         self.surface.offset_um += shift
         self.refocus_count += 1
+        self.misses = 0
         self._since = 0
         self._dropped.clear()
         self._history.clear()  # sharpness after a refocus is a new baseline
         if self.on_refocus is not None:
-            self.on_refocus(point, shift)
+            self.on_refocus({"found": True, **point.as_dict(), "shift_um": round(shift, 3)})
         return point

@@ -17,9 +17,10 @@ from typing import Any, TypeVar
 import numpy as np
 from pymmcore_plus import CMMCorePlus
 
-from .config import TravelLimits
+from .config import ObjectiveConfig, TravelLimits
 from .errors import DeviceError, HardwareError, TravelLimitError
 from .frame import Frame
+from .objectives import ObjectiveTurret
 
 __all__ = ["Microscope"]
 
@@ -64,6 +65,59 @@ class Microscope:
                 raise HardwareError(f"the Micro-Manager configuration has no {role} device")
         if self.pixel_size_um <= 0:
             raise HardwareError("no pixel size is defined for the current objective")
+        # One objective unless a backend sets up the turret (`set_objectives`).
+        self.turret: ObjectiveTurret | None = None
+
+    def set_objectives(
+        self,
+        scanning: ObjectiveConfig,
+        others: list[ObjectiveConfig],
+        device: str | None,
+    ) -> None:
+        """Tell the microscope its objectives (calibrated offsets) and its turret device."""
+        self.turret = ObjectiveTurret(self.core, scanning, others, device)
+
+    @property
+    def objective(self) -> ObjectiveConfig | None:
+        return self.turret.current() if self.turret is not None else None
+
+    def set_objective(self, name: str) -> None:
+        """Change objective, keeping the chip point at the centre of view and in focus
+        (stage and focus moved by the calibrated offsets). Every target is checked against
+        the travel limits before the turret turns."""
+        if self.turret is None:
+            raise HardwareError("this microscope has no objectives configured")
+        new, cur = self.turret.get(name), self.turret.current()
+        if new.name == cur.name:
+            return
+        x, y = self.position()
+        z = self.z()
+        tx, ty = x - (new.offset_x_um - cur.offset_x_um), y - (new.offset_y_um - cur.offset_y_um)
+        tz = z + (new.offset_z_um - cur.offset_z_um)
+        self.check_xy(tx, ty)
+        self.check_z(tz)
+        device = self.turret.device
+        assert device is not None  # a turret with several objectives has one
+        with _device_call(device, f"turn to {new.turret_label}"):
+            self.core.setStateLabel(device, new.turret_label)
+        self.wait(device)
+        if new.name in self.core.getAvailablePixelSizeConfigs():
+            with _device_call("core", f"pixel size config {new.name}"):
+                self.core.setPixelSizeConfig(new.name)
+        actual = self.pixel_size_um
+        if abs(actual - new.pixel_size_um) > 0.02 * new.pixel_size_um:
+            raise HardwareError(
+                f"objective {new.name}: Micro-Manager's pixel size is {actual} um, the "
+                f"configuration says {new.pixel_size_um} um"
+            )
+        self.move_xy(tx, ty)
+        self.move_z(tz)
+
+    def look_at(self, x_um: float, y_um: float, *, wait: bool = True) -> None:
+        """Move so that the objective in place images the chip point (x, y) at its centre."""
+        o = self.objective
+        dx, dy = (o.offset_x_um, o.offset_y_um) if o is not None else (0.0, 0.0)
+        self.move_xy(x_um - dx, y_um - dy, wait=wait)
 
     # -- devices -----------------------------------------------------------------------
     @property
@@ -186,10 +240,13 @@ class Microscope:
     def _frame(
         self, image: np.ndarray, x: float, y: float, z: float, index: int, metadata: dict | None
     ) -> Frame:
+        # The chip point at the centre of view: the stage plus the objective's offset.
+        o = self.objective
+        dx, dy = (o.offset_x_um, o.offset_y_um) if o is not None else (0.0, 0.0)
         return Frame(
             image=image,
-            x_um=float(x),
-            y_um=float(y),
+            x_um=float(x) + dx,
+            y_um=float(y) + dy,
             z_um=float(z),
             pixel_size_um=self.pixel_size_um,
             timestamp=time.time(),
@@ -217,5 +274,6 @@ class Microscope:
             "fov_um": [round(w, 2), round(h, 2)],
             "limits": self.limits.model_dump(),
             "pixels_linear": self.pixels_linear,
+            "objectives": self.turret.describe() if self.turret is not None else None,
             "default_region_um": list(self.default_region_um) if self.default_region_um else None,
         }

@@ -203,7 +203,17 @@ def _chip_outline(spec: ChipSpec, rng: np.random.Generator) -> Polygon:
         for tt, dd in zip(t, depth, strict=True):
             pts.append((x0 + tt * (x1 - x0) - nx / norm * dd, y0 + tt * (y1 - y0) - ny / norm * dd))
     poly = Polygon(pts)
-    return poly if poly.is_valid else shapely.make_valid(poly).buffer(0)
+    poly = poly if poly.is_valid else shapely.make_valid(poly).buffer(0)
+    a, b = spec.broken_corner_um
+    if a > 0 and b > 0:
+        pad = 10 * r + 10
+        corner = Polygon(
+            [(w - a, h), (w, h - b), (w + pad, h - b), (w + pad, h + pad), (w - a, h + pad)]
+        )
+        poly = poly.difference(corner)
+        if not isinstance(poly, Polygon):
+            poly = max(poly.geoms, key=lambda g: g.area)
+    return poly
 
 
 class _ChipBuilder:
@@ -455,6 +465,9 @@ def generate_chip(spec: ChipSpec, seed: int) -> Chip:
     b.bubbles()
     b.residue_and_dust()
     objects = _trim_hidden_flakes(b.objects)
+    if spec.broken_corner_um[0] > 0 and spec.broken_corner_um[1] > 0:
+        # What lay across the cleave line went with the broken piece.
+        objects = [o for o in objects if outline.contains(o.polygon)]
     return Chip(
         spec=spec, seed=seed, objects=objects, outline_um=list(outline.exterior.coords)[:-1]
     )

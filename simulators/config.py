@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .turret import SimObjective
+
 __all__ = [
     "ChipSpec",
     "FaultSpec",
@@ -51,6 +53,9 @@ class ChipSpec(BaseModel):
     thin_median_diameter_um: float = Field(16.0, gt=0)
     margin_um: float = Field(150.0, ge=0, description="flake-free band along the chip edge")
     edge_roughness_um: float = Field(15.0, ge=0, description="chipped chip edge")
+    # A corner broken off along a cleave line: the legs (along the top edge, along the
+    # right edge) of the triangle missing at (width, height); (0, 0): a whole chip.
+    broken_corner_um: tuple[float, float] = (0.0, 0.0)
     # What the camera sees beyond the chip edge.
     surround: Literal["holder", "tape"] = "holder"
 
@@ -167,6 +172,9 @@ class SimulatorConfig(BaseModel):
     imaging: ImagingSpec = ImagingSpec()
     stage: StageSpec = StageSpec()
     faults: FaultSpec = FaultSpec()
+    # The objectives on the simulated turret as they really are (optics, true offsets);
+    # empty: 1x, the scanning objective, 20x and 50x (simulators.turret.default_turret).
+    turret: list[SimObjective] = []
 
     @model_validator(mode="after")
     def _white_balance_positive(self) -> SimulatorConfig:

@@ -22,6 +22,7 @@ from pymmcore_plus.experimental.unicore import (
 from .chip import Chip
 from .config import FaultSpec, ImagingSpec, StageSpec
 from .render import FieldRenderer
+from .turret import SimObjective
 
 __all__ = [
     "ExposureCamera",
@@ -111,16 +112,45 @@ class SimWorld(StageState):
 
     chip: Chip
     imaging: ImagingSpec
-    pixel_size_um: float
+    pixel_size_um: float  # of the scanning objective, in place at the start
     numerical_aperture: float
     seed: int = 0
+    # The turret, true optics and offsets; empty: the scanning objective only, no offsets.
+    objectives: list[SimObjective] = field(default_factory=list)
+    objective: SimObjective | None = field(init=False, default=None)
     renderer: FieldRenderer = field(init=False)
+    _renderers: dict[str, FieldRenderer] = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.renderer = FieldRenderer(
             self.chip, self.imaging, self.pixel_size_um, self.numerical_aperture, seed=self.seed
         )
+        scanning = [o for o in self.objectives if o.pixel_size_um == self.pixel_size_um]
+        if scanning:
+            self.objective = scanning[0]
+            self._renderers[scanning[0].name] = self.renderer
+
+    def select_objective(self, objective: SimObjective) -> None:
+        """The turret turned: the camera now sees through this objective."""
+        if objective.name not in self._renderers:
+            self._renderers[objective.name] = FieldRenderer(
+                self.chip,
+                self.imaging,
+                objective.pixel_size_um,
+                objective.numerical_aperture,
+                seed=self.seed,
+            )
+        with self.lock:
+            self.objective = objective
+            self.renderer = self._renderers[objective.name]
+
+    def imaged_point(self, x_um: float, y_um: float) -> tuple[float, float, float]:
+        """(x, y) of the chip at the image centre, and the focus offset, at a stage position."""
+        o = self.objective
+        if o is None:
+            return x_um, y_um, 0.0
+        return x_um + o.offset_x_um, y_um + o.offset_y_um, o.offset_z_um
 
 
 class SimXYStage(XYStageDevice):
@@ -230,11 +260,13 @@ class SimCamera(ExposureCamera):
         w = self._world
         n = w.next_frame()
         now = time.monotonic()
-        x, y = w.xy.position(now)
+        sx, sy = w.xy.position(now)
         (z,) = w.z.position(now)
         # Exposure takes real time, as on a real camera.
         time.sleep(self._exposure_ms / 1000.0)
-        defocus = z - w.surface_z_um(x, y, now)
+        # The objective in place looks a little aside of the stage and focuses a little off.
+        x, y, dz = w.imaged_point(sx, sy)
+        defocus = z - dz - w.surface_z_um(x, y, now)
         buffer[:] = w.renderer.render(
             x, y, defocus_um=defocus, exposure_ms=self._exposure_ms, frame_index=n
         )

@@ -15,12 +15,14 @@ def open_microscope(
     limits: TravelLimits,
     simulator: object | None = None,
     replay: object | None = None,
+    objectives: list[ObjectiveConfig] | None = None,
 ) -> Microscope:
-    """Open the configured backend; `simulator` / `replay` are those backends' sections."""
+    """Open the configured backend; `simulator` / `replay` are those backends' sections,
+    `objectives` the other objectives with their calibrated offsets (`[[objectives]]`)."""
     if hardware.backend == "simulator":
         from .simulator import open_simulated_microscope
 
-        mic = open_simulated_microscope(hardware, objective, limits, simulator)
+        mic = open_simulated_microscope(hardware, objective, limits, simulator, objectives)
     elif hardware.backend == "replay":
         from .replay import open_replay_microscope
 
@@ -30,6 +32,8 @@ def open_microscope(
 
         mic = open_mmconfig_microscope(hardware, objective, limits)
     try:
+        if hardware.backend == "mmconfig":
+            mic.set_objectives(objective, list(objectives or []), hardware.objective_device)
         check_field_of_view(mic, objective)
     except HardwareError:
         mic.close()
