@@ -202,8 +202,56 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def cmd_goto(args: argparse.Namespace) -> int:
-    """Drive the stage to a flake of the catalogue."""
-    return _control_call(args, "goto_flake", {"flake_id": args.flake_id})
+    """Drive the stage to a flake of the catalogue; with --objective, image it there,
+    re-centred by registration, and keep the image with the flake."""
+    if args.objective is None:
+        return _control_call(args, "goto_flake", {"flake_id": args.flake_id})
+    return _revisit_job(
+        args, "goto_flake", {"flake_id": args.flake_id, "objective": args.objective}
+    )
+
+
+def cmd_revisit(args: argparse.Namespace) -> int:
+    """Revisit the best N hits of a scan at a higher magnification (images kept with them)."""
+    params: dict[str, Any] = {
+        "scan_id": args.scan_id,
+        "objective": args.objective,
+        "top": args.top,
+        "order_by": args.order_by,
+    }
+    if args.flake_class is not None:
+        params["flake_class"] = args.flake_class
+    return _revisit_job(args, "revisit", params)
+
+
+def _revisit_job(args: argparse.Namespace, method: str, params: dict[str, Any]) -> int:
+    """Start a revisit and follow its events to the end; print what it took."""
+    from .client import ControlClient, DaemonUnreachable, EventSubscriber
+
+    control, events = _endpoints(args)
+    try:
+        with EventSubscriber(events, ("revisit.",)) as sub:
+            answer = ControlClient(control, timeout_s=args.timeout).request(method, params)
+            if not answer.get("success"):
+                print(json.dumps(answer, indent=1, default=str))
+                return EXIT_USAGE
+            while True:
+                ev = sub.next(timeout_s=args.job_timeout)
+                if ev is None:
+                    _err(f"no revisit event for {args.job_timeout} s")
+                    return EXIT_FAIL
+                if ev["topic"] == "revisit.flake":
+                    r = ev["data"]
+                    _err(
+                        f"flake {r['flake_id']} at {r['objective']}: {r['image_path']} "
+                        f"(focus {r['focus']}, registered {r['registered']})"
+                    )
+                elif ev["topic"] in ("revisit.finished", "revisit.failed"):
+                    print(json.dumps(ev["data"], indent=1, default=str))
+                    return EXIT_OK if ev["topic"] == "revisit.finished" else EXIT_FAIL
+    except DaemonUnreachable as exc:
+        _err(str(exc))
+        return EXIT_FAIL
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -414,6 +462,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("goto", cmd_goto)
     endpoints(sp)
     sp.add_argument("flake_id", type=int)
+    sp.add_argument("--objective", help="image the flake with this objective (e.g. 50x)")
+    sp.add_argument("--job-timeout", type=float, default=120.0, help="s between revisit events")
+
+    sp = add("revisit", cmd_revisit)
+    endpoints(sp)
+    sp.add_argument("scan_id", type=int)
+    sp.add_argument("--objective", required=True, help="e.g. 50x")
+    sp.add_argument("--class", dest="flake_class", type=int, choices=[1, 2, 3])
+    sp.add_argument("--top", type=int, default=5, help="how many flakes")
+    sp.add_argument(
+        "--order-by",
+        choices=["area", "rect_width", "inscribed_diameter", "score", "id"],
+        default="area",
+        help="best first by this",
+    )
+    sp.add_argument("--job-timeout", type=float, default=120.0, help="s between revisit events")
 
     sp = add("events", cmd_events)
     endpoints(sp)

@@ -28,6 +28,9 @@ TOPICS = (
     "flake.updated",
     "flake.annotated",
     "scan.finished",
+    "revisit.flake",
+    "revisit.finished",
+    "revisit.failed",
     "scan.failed",
 )
 

@@ -25,6 +25,7 @@ __all__ = [
     "FlakesParams",
     "GotoFlakeParams",
     "ProtocolError",
+    "RevisitParams",
     "ScanStartParams",
     "parse_request",
     "reply",
@@ -56,6 +57,19 @@ class ScanStartParams(_Params):
 
 class GotoFlakeParams(_Params):
     flake_id: int = Field(..., ge=1)
+    # With an objective: a revisit of this one flake (a job; `revisit.*` events).
+    objective: str | None = Field(None, min_length=1, max_length=64)
+
+
+class RevisitParams(_Params):
+    """The flakes to revisit: by id, or the first `top` of a scan (and class) by `order_by`."""
+
+    objective: str = Field(..., min_length=1, max_length=64)
+    flake_ids: list[int] | None = Field(None, min_length=1, max_length=1000)
+    scan_id: int | None = Field(None, ge=1)
+    flake_class: int | None = Field(None, ge=1, le=3)
+    top: int = Field(5, ge=1, le=1000)
+    order_by: Literal["area", "rect_width", "inscribed_diameter", "score", "id"] = "area"
 
 
 class FlakesParams(_Params):
@@ -119,6 +133,7 @@ METHODS: dict[str, type[_Params]] = {
     "scan_start": ScanStartParams,
     "scan_stop": EmptyParams,
     "goto_flake": GotoFlakeParams,
+    "revisit": RevisitParams,
     "flakes": FlakesParams,
     "flake_annotate": FlakeAnnotateParams,
     "scans": EmptyParams,

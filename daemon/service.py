@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 from sqlalchemy import Engine
 
-from flakescan.db.queries import find_flakes, get_flake, list_scans
+from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans
 from flakescan.hardware.errors import HardwareError
 from flakescan.hardware.microscope import Microscope
 
@@ -36,10 +36,12 @@ from .protocol import (
     FlakesParams,
     GotoFlakeParams,
     ProtocolError,
+    RevisitParams,
     ScanStartParams,
     parse_request,
     reply,
 )
+from .revisit import revisit_flake
 from .scan import ScanOutcome, ScanRunner
 from .state import DaemonState, StateMachine
 
@@ -82,6 +84,7 @@ class Daemon:
         self.components: Components | None = None
         self._analysis: AnalysisService | None = None  # built at the first `analyze`
         self._http: HttpServerThread | None = None
+        self._revisit_cancel = threading.Event()
 
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -286,6 +289,9 @@ class Daemon:
         return reply(True, f"scan {scan_id} started", scan_id=scan_id, **plan.describe())
 
     def _do_scan_stop(self, _params: object) -> dict[str, Any]:
+        if self.state.state == DaemonState.REVISITING:
+            self._revisit_cancel.set()  # after the flake in hand
+            return reply(True, "the revisit stops after the current flake")
         # Atomic: the scan may end (and leave `scanning`) at any moment.
         if self.runner is None or not self.state.try_set(DaemonState.STOPPING, "stop requested"):
             return reply(False, f"no scan to stop (state {self.state.state})")
@@ -294,17 +300,83 @@ class Daemon:
 
     def _do_goto_flake(self, p: GotoFlakeParams) -> dict[str, Any]:
         assert self.engine is not None and self.microscope is not None
-        if self.state.state in (DaemonState.SCANNING, DaemonState.STOPPING):
+        if self.state.state in (
+            DaemonState.SCANNING,
+            DaemonState.STOPPING,
+            DaemonState.REVISITING,
+        ):
             return reply(False, f"cannot move the stage while {self.state.state}")
         flake = get_flake(self.engine, p.flake_id)
         if flake is None:
             return reply(False, f"no flake with id {p.flake_id}")
+        if p.objective is not None:
+            return self._start_revisit([flake], p.objective)
         try:
             self.microscope.move_xy(flake["x_um"], flake["y_um"])
         except HardwareError as exc:
             return reply(False, f"goto_flake {p.flake_id}: {exc}")
         x, y = self.microscope.position()
         return reply(True, f"at flake {p.flake_id}", flake=flake, position_um=[x, y])
+
+    def _do_revisit(self, p: RevisitParams) -> dict[str, Any]:
+        assert self.engine is not None
+        if p.flake_ids:
+            q = FlakeQuery(ids=tuple(p.flake_ids), order_by="id")
+        elif p.scan_id is not None:
+            q = FlakeQuery(
+                scan_id=p.scan_id, flake_class=p.flake_class, order_by=p.order_by, limit=p.top
+            )
+        else:
+            return reply(False, "revisit: give flake_ids, or scan_id (with flake_class, top)")
+        flakes = find_flakes(self.engine, q)
+        if not flakes:
+            return reply(False, "revisit: no flake matches")
+        return self._start_revisit(flakes, p.objective)
+
+    def _start_revisit(self, flakes: list[dict], objective: str) -> dict[str, Any]:
+        """Revisit flakes in a thread (state `revisiting`); `revisit.*` events follow."""
+        assert self.microscope is not None and self.components is not None
+        mic = self.microscope
+        if mic.turret is None:
+            return reply(False, "revisit: no objectives are configured ([[objectives]])")
+        try:
+            mic.turret.get(objective)
+        except HardwareError as exc:
+            return reply(False, f"revisit: {exc}")
+        if not self.state.try_set(DaemonState.REVISITING, f"{len(flakes)} flakes at {objective}"):
+            return reply(False, f"cannot revisit while {self.state.state}")
+        writer, images = self.components.writer, self.state_dir / "thumbnails"
+        self._revisit_cancel.clear()
+
+        def run() -> None:
+            done: list[dict] = []
+            try:
+                for flake in flakes:
+                    if self._revisit_cancel.is_set():
+                        break
+                    result = revisit_flake(mic, flake, objective, images).as_dict()
+                    row = writer.add_flake_image(flake["id"], result)
+                    done.append({**result, "image_id": row["id"]})
+                    self._publish("revisit.flake", {**result, "image_id": row["id"]})
+            except Exception as exc:
+                log.exception("revisit failed")
+                reason = f"revisit failed: {type(exc).__name__}: {exc}"
+                self._publish("revisit.failed", {"reason": reason, "done": len(done)})
+                self.state.set(DaemonState.ERROR, reason)
+                return
+            stopped = self._revisit_cancel.is_set()
+            self._publish(
+                "revisit.finished",
+                {"objective": objective, "flakes": done, "stopped": stopped},
+            )
+            self.state.set(DaemonState.IDLE, f"revisited {len(done)} flakes")
+
+        threading.Thread(target=run, name="revisit", daemon=True).start()
+        return reply(
+            True,
+            f"revisiting {len(flakes)} flakes at {objective}",
+            flake_ids=[f["id"] for f in flakes],
+        )
 
     def _do_flakes(self, p: FlakesParams) -> dict[str, Any]:
         assert self.engine is not None

@@ -20,16 +20,18 @@ log = logging.getLogger(__name__)
 class DaemonState(StrEnum):
     IDLE = "idle"
     SCANNING = "scanning"
+    REVISITING = "revisiting"  # back at flakes at a higher magnification
     STOPPING = "stopping"
     ERROR = "error"
 
 
 TRANSITIONS: dict[DaemonState, frozenset[DaemonState]] = {
-    DaemonState.IDLE: frozenset({DaemonState.SCANNING}),
+    DaemonState.IDLE: frozenset({DaemonState.SCANNING, DaemonState.REVISITING}),
     DaemonState.SCANNING: frozenset({DaemonState.IDLE, DaemonState.STOPPING, DaemonState.ERROR}),
+    DaemonState.REVISITING: frozenset({DaemonState.IDLE, DaemonState.STOPPING, DaemonState.ERROR}),
     DaemonState.STOPPING: frozenset({DaemonState.IDLE, DaemonState.ERROR}),
     # A new scan may start after a failure; its start clears the error.
-    DaemonState.ERROR: frozenset({DaemonState.SCANNING}),
+    DaemonState.ERROR: frozenset({DaemonState.SCANNING, DaemonState.REVISITING}),
 }
 
 

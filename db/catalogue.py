@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from flakescan.inference.pipeline import AXIS_FIELDS, Hit, TileResult
 
-from .models import Flake, Scan, Tile, utcnow
+from .models import Flake, FlakeImage, Scan, Tile, utcnow
 
 __all__ = ["CatalogueWriter"]
 
@@ -193,6 +193,28 @@ class CatalogueWriter:
             flake.annotated_at = utcnow()
             s.flush()
             return flake.as_dict()
+
+    def add_flake_image(self, flake_id: int, image: dict) -> dict:
+        """Link an image taken on a revisit (`daemon.revisit.RevisitResult.as_dict()`)."""
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            if s.get(Flake, flake_id) is None:
+                raise KeyError(f"no flake with id {flake_id}")
+            row = FlakeImage(
+                flake_id=flake_id,
+                objective=image["objective"],
+                path=image["image_path"],
+                x_um=image["x_um"],
+                y_um=image["y_um"],
+                z_um=image["z_um"],
+                pixel_size_um=image["pixel_size_um"],
+                focus=image["focus"],
+                registered=image["registered"],
+                shift_x_um=image["shift_um"][0],
+                shift_y_um=image["shift_um"][1],
+            )
+            s.add(row)
+            s.flush()
+            return row.as_dict()
 
     def finish_scan(self, scan_id: int, status: str, reason: str = "") -> dict:
         """Close a scan with its final status; returns the scan's summary row."""

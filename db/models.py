@@ -22,10 +22,20 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-__all__ = ["SCHEMA_VERSION", "Base", "Flake", "Scan", "Tile", "plain", "row_dict", "utcnow"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "Base",
+    "Flake",
+    "FlakeImage",
+    "Scan",
+    "Tile",
+    "plain",
+    "row_dict",
+    "utcnow",
+]
 
 # Stored in PRAGMA user_version; bumped with every schema change (migrations in #8).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def utcnow() -> datetime:
@@ -162,4 +172,27 @@ class Flake(Base):
 
     def as_dict(self) -> dict:
         """Plain values, for JSON, CSV and events."""
+        return row_dict(self)
+
+
+class FlakeImage(Base):
+    """An image of a flake taken on a revisit, at a higher magnification (schema 4)."""
+
+    __tablename__ = "flake_images"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    flake_id: Mapped[int] = mapped_column(ForeignKey("flakes.id", ondelete="CASCADE"), index=True)
+    objective: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(Text)
+    x_um: Mapped[float] = mapped_column(Float)  # the chip point at the image centre
+    y_um: Mapped[float] = mapped_column(Float)
+    z_um: Mapped[float] = mapped_column(Float)
+    pixel_size_um: Mapped[float] = mapped_column(Float)
+    focus: Mapped[str] = mapped_column(String(16))  # autofocus | calibrated
+    registered: Mapped[bool] = mapped_column(Boolean)  # re-centred by registration
+    shift_x_um: Mapped[float] = mapped_column(Float)  # what registration corrected
+    shift_y_um: Mapped[float] = mapped_column(Float)
+    taken_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    def as_dict(self) -> dict:
         return row_dict(self)

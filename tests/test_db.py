@@ -121,7 +121,7 @@ def test_sqlite_is_in_wal_mode_with_a_schema_version(catalogue):
     engine, *_ = catalogue
     with engine.connect() as c:
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert c.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION == 3
+        assert c.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION == 4
         assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 
