@@ -148,6 +148,7 @@ def scan_request(cfg: ServiceConfig, p: ScanStartParams, microscope: Microscope)
         keep_tiles=d.keep_tiles if p.keep_tiles is None else p.keep_tiles,
         autofocus=cfg.focus.enabled if p.autofocus is None else p.autofocus,
         find_chip=cfg.chip_finder.enabled if p.find_chip is None else p.find_chip,
+        preset=p.preset,
         overview_um_per_px=d.overview_um_per_px,
     )
 

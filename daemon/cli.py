@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from .analyze import ANALYSES
+from .calibrate_cli import add_calibrate_command
 from .catalogue_cli import add_catalogue_commands, database_url
 from .config import ConfigError, ServiceConfig, load_config, resolve_state_dir
 from .tools import cmd_evaluate, cmd_evaluate_images, cmd_sim_truth, cmd_simulate
@@ -83,6 +84,8 @@ def _scan_params(args: argparse.Namespace) -> dict[str, Any]:
         params["keep_tiles"] = True
     if args.find_chip:
         params["find_chip"] = True
+    if args.preset:
+        params["preset"] = args.preset
     return params
 
 
@@ -370,6 +373,16 @@ def cmd_pacbed_library(args: argparse.Namespace) -> int:
     return _run_training_module("flakescan.simulators.pacbed_cli", args.library_args)
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve the live dashboard (a web page following the daemon's scans) until
+    interrupted; loopback unless [dashboard] allow_remote."""
+    from .dashboard import run_dashboard
+
+    cfg = _config(args)
+    run_dashboard(cfg, resolve_state_dir(cfg, args.state_dir), args.host, args.port)
+    return EXIT_OK
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve the analysis models over HTTP (the registry, POST /v1/analyze/MODEL, OpenAPI
     at /docs) until interrupted; loopback unless [http] allow_remote."""
@@ -448,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     focus.add_argument("--no-autofocus", dest="autofocus", action="store_const", const=False)
     sp.add_argument("--keep-tiles", action="store_true", help="keep full-resolution tiles")
+    sp.add_argument("--preset", help="a preselection preset from `flakescan calibrate`")
     sp.add_argument(
         "--find-chip",
         action="store_true",
@@ -489,6 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--db", help="database file or SQLAlchemy URL (default: from config)")
     sp.add_argument("--state-dir", type=Path)
     add_catalogue_commands(add)
+    add_calibrate_command(add)
 
     sp = add("sim-truth", cmd_sim_truth)
     sp.add_argument("--out", type=Path, required=True)
@@ -576,6 +591,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--linear", action="store_true", help="flake: the image is linear (not sRGB-encoded)"
     )
+
+    sp = add("dashboard", cmd_dashboard)
+    sp.add_argument("--host", help="address (default: [dashboard] host, loopback)")
+    sp.add_argument("--port", type=int, help="port (default: [dashboard] port, 8766)")
+    sp.add_argument("--state-dir", type=Path, help="the daemon's state directory")
 
     sp = add("serve", cmd_serve)
     sp.add_argument("--host", help="address (default: [http] host, loopback)")

@@ -24,6 +24,7 @@ from flakescan.inference.registry import is_model_path
 from flakescan.simulators.config import ReplayConfig, SimulatorConfig
 
 from .chip_finder import ChipFinderConfig
+from .dashboard_config import DashboardConfig
 from .scan_plan import RegionUm
 
 __all__ = [
@@ -147,6 +148,7 @@ class ServiceConfig(BaseModel):
     http: HttpConfig = HttpConfig()
     focus: FocusConfig = FocusConfig()
     chip_finder: ChipFinderConfig = ChipFinderConfig()
+    dashboard: DashboardConfig = DashboardConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ServiceConfig:

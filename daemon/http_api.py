@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import base64
 import tempfile
-import threading
-import time
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,6 +33,7 @@ from flakescan.inference.analysis import (
 from flakescan.inference.registry import ModelNotFound
 
 from .config import HttpConfig, ServiceConfig
+from .uvicorn_thread import UvicornThread
 
 __all__ = ["HttpServerThread", "create_app", "run_server"]
 
@@ -230,36 +229,9 @@ def run_server(cfg: ServiceConfig, host: str | None = None, port: int | None = N
     uvicorn.run(create_app(cfg), host=http.host, port=http.port, log_level="info")
 
 
-class HttpServerThread:
+class HttpServerThread(UvicornThread):
     """The HTTP service inside the daemon: uvicorn in a thread, beside the ZMQ loop, on
     the daemon's own AnalysisService (models loaded once for both)."""
 
     def __init__(self, cfg: ServiceConfig, service: AnalysisService) -> None:
-        import uvicorn
-
-        config = uvicorn.Config(
-            create_app(cfg, service), host=cfg.http.host, port=cfg.http.port, log_level="warning"
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="http", daemon=True)
-        self.url = ""
-
-    def start(self, timeout_s: float = 30.0) -> str:
-        """Serve; the URL once it listens. RuntimeError if it cannot (port taken...)."""
-        self._thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not self._server.started:
-            if not self._thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the HTTP service did not start on {self._server.config.host}:"
-                    f"{self._server.config.port} (port in use?)"
-                )
-            time.sleep(0.02)
-        host, port = self._server.servers[0].sockets[0].getsockname()[:2]
-        self.url = f"http://{host}:{port}"
-        return self.url
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
+        super().__init__(create_app(cfg, service), cfg.http.host, cfg.http.port, name="http")

@@ -53,6 +53,8 @@ class ScanStartParams(_Params):
     keep_tiles: bool | None = None  # default: [scan] keep_tiles
     autofocus: bool | None = None  # default: [focus] enabled
     find_chip: bool | None = None  # default: [chip_finder] enabled
+    # A preselection preset (`flakescan calibrate`) by name; default: [preselection].
+    preset: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
 
 
 class GotoFlakeParams(_Params):

@@ -33,6 +33,8 @@ from flakescan.hardware.engine import StrictMDAEngine
 from flakescan.hardware.focus import FocusConfig, FocusPoint, FocusTracker, map_focus, sharpness
 from flakescan.hardware.frame import Frame
 from flakescan.hardware.microscope import Microscope
+from flakescan.inference.calibration import load_preset
+from flakescan.inference.config import PreselectionConfig
 from flakescan.inference.pipeline import Hit, TilePipeline
 
 from .chip_finder import ChipFinderConfig, find_chip, plan_for_chip
@@ -58,6 +60,7 @@ class ScanRequest:
     keep_tiles: bool = False  # full-resolution tiles for the OME-TIFF mosaic
     autofocus: bool = False  # focus map and surface before the tiles, refocus during them
     find_chip: bool = False  # pre-pass at the lowest magnification: scan the chip's outline
+    preset: str | None = None  # a calibrated preselection preset, by name
     overview_um_per_px: float = 4.0
 
 
@@ -145,6 +148,8 @@ class ScanRunner:
         self.classifier_name = classifier_name
         self.focus_config = focus or FocusConfig()
         self.chip_finder = chip_finder or ChipFinderConfig()
+        self.presets_dir = thumbnails_dir.parent / "presets"
+        self._preselection = pipeline.preselection  # the configured one; a preset overrides
         self._engine = StrictMDAEngine(microscope)
         microscope.core.mda.set_engine(self._engine)
         self._cancel = threading.Event()
@@ -157,7 +162,14 @@ class ScanRunner:
             request.region_um, self.microscope.fov_um, request.overlap_pct, request.z_um
         )
         plan.check_limits(self.microscope.limits)
+        self._preselection_for(request)  # a preset that does not exist refuses the scan
         return plan
+
+    def _preselection_for(self, request: ScanRequest) -> PreselectionConfig:
+        """The preselection a scan runs with: its preset's window, or the configured one."""
+        if request.preset is None:
+            return self._preselection
+        return load_preset(self.presets_dir, request.preset).preselection(self._preselection)
 
     def open_scan(self, request: ScanRequest, plan: ScanPlan, settings: dict[str, Any]) -> int:
         """Create the scan's row (status running) and return its id.
@@ -202,10 +214,13 @@ class ScanRunner:
         ctx = _ScanContext(scan_id, request, plan, self.thumbnails_dir / f"scan-{scan_id}")
         self.current = ctx.progress()
         try:
+            self.pipeline.preselection = self._preselection_for(request)
             self._acquire_and_process(ctx)
         except Exception as exc:  # anything unforeseen still ends the scan as failed
             log.exception("scan %s crashed", scan_id)
             ctx.fail(f"scan crashed: {type(exc).__name__}: {exc}")
+        finally:
+            self.pipeline.preselection = self._preselection
         status, reason = self._verdict(ctx)
         try:
             self.writer.finish_scan(scan_id, status, reason)

@@ -274,3 +274,25 @@ def test_export_archive_holds_rows_thumbnails_overview_and_a_manifest(scanned, t
     assert not (tmp_path / "x.zip").exists()
     assert main(["export", "--db", str(db), "--out", str(tmp_path / "x.tar")]) == 2
     assert "x.tar" in capsys.readouterr().err and not (tmp_path / "x.tar").exists()
+
+
+def test_calibrate_from_catalogue_flakes_and_scan_with_the_preset(scanned, tmp_path, capsys):
+    db, _, scan_id, _ = scanned
+    ones = _flakes(db, scan_id=scan_id, flake_class=1)[:3]
+    twos = _flakes(db, scan_id=scan_id, flake_class=2)[:2]
+    state = tmp_path / "state"
+    specs = [f"{f['id']}:1" for f in ones] + [f"{f['id']}:2" for f in twos]
+    args = ["calibrate", "--name", "gr-285", "--db", str(db), "--state-dir", str(state)]
+    assert main([*args, *(w for s in specs for w in ("--flake", s))]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert set(fitted["layers"]) == {"1", "2"} and (state / "presets" / "gr-285.json").is_file()
+    mono = np.median([f["contrast_r"] for f in ones])
+    assert fitted["layers"]["1"]["mean"][0] == pytest.approx(mono, abs=0.01)
+    # A scan with it: the window of the preset replaces the configured one.
+    region = ["--region", "2000", "2000", "2600", "2400"]
+    scan = ["scan", "--local", "--state-dir", str(state), "--no-progress", *region]
+    assert main([*scan, "--preset", "gr-285"]) == 0
+    assert main([*scan, "--preset", "nope"]) == 2
+    assert "no preset 'nope'" in capsys.readouterr().err
+    assert main([*args, "--flake", "12"]) == 2
+    assert "expected ID:LAYERS" in capsys.readouterr().err
