@@ -1,8 +1,9 @@
 """`flakescan calibrate`: a preselection preset from a few flakes of known layer number.
 
 Examples are catalogue flakes (`--flake ID:LAYERS`, their measured median contrast) or boxes
-on a linear image (`--image FILE --box X0 Y0 X1 Y1 --layers N`, the flake's pixels: those
-in the box that stand out of the fitted wafer background). The preset is saved by name in
+on an image (`--image FILE --box X0 Y0 X1 Y1 --layers N`, in pixels; the flake's pixels
+are those in the box that stand out of the fitted wafer background, so a box should hold
+one flake and bare wafer, nothing else). The preset is saved by name in
 the state directory's `presets/`; `scan --preset NAME` uses it.
 """
 
@@ -42,10 +43,12 @@ def _from_catalogue(args: argparse.Namespace) -> list:
     from flakescan.db.queries import get_flake
     from flakescan.inference.calibration import FlakeExample
 
+    if not args.flake:
+        return []
     out = []
     engine = open_database(database_url(args), create=False)
     try:
-        for spec in args.flake or []:
+        for spec in args.flake:
             fid, layers = _parse_flake(spec)
             row = get_flake(engine, fid)
             if row is None:

@@ -4,6 +4,8 @@ its recall)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from skimage.draw import polygon as raster_polygon
@@ -107,3 +109,48 @@ def test_a_flake_without_a_layer_number_is_refused():
         fit_preset([FlakeExample(0, (0.07, 0.06, 0.0), None, "flake 3")], "x")
     with pytest.raises(ValueError, match="no example flakes"):
         fit_preset([], "x")
+
+
+def test_calibrate_from_boxes_on_an_image(tmp_path, capsys):
+    """Boxes drawn round flakes of known layer number on an image: the preset's layer means
+    are the flakes' contrasts as the daemon measures them."""
+    from flakescan.daemon.cli import main
+
+    cfg = SimulatorConfig.model_validate({"imaging": {"width_px": 1024, "height_px": 768}})
+    chip = generate_chip(cfg.chip, 1)
+    renderer = FieldRenderer(chip, cfg.imaging, PX_UM, 0.14, seed=1)
+
+    def isolated(f) -> bool:  # a person boxes a flake with nothing else in the box
+        x0, y0, x1, y1 = f.polygon.bounds
+        others = chip.query(x0 - 3, y0 - 3, x1 + 3, y1 + 3)
+        return all(o is f or o.kind == "dust" for o in others)
+
+    mono = next(f for f in chip.flakes(1, 1) if 300 < f.polygon.area < 3000 and isolated(f))
+    cx, cy = mono.polygon.centroid.x, mono.polygon.centroid.y
+    image = renderer.render(cx, cy).astype(np.float32)
+    np.save(tmp_path / "field.npy", image)
+    boxes, layers = [], []
+    for f in chip.query(cx - 280, cy - 210, cx + 280, cy + 210):
+        if f.kind != "flake" or f.layers not in (1, 2) or f.polygon.area < 150 or not isolated(f):
+            continue
+        x0, y0, x1, y1 = f.polygon.bounds
+        box = [(x0 - 3 - cx) / PX_UM + 511.5, (y0 - 3 - cy) / PX_UM + 383.5]
+        box += [(x1 + 3 - cx) / PX_UM + 511.5, (y1 + 3 - cy) / PX_UM + 383.5]
+        if min(box) < 0 or box[2] > 1023 or box[3] > 767:
+            continue
+        boxes.append(box)
+        layers.append(f.layers)
+    assert 1 in layers
+    args = ["calibrate", "--name", "from-image", "--state-dir", str(tmp_path / "s")]
+    args += ["--image", str(tmp_path / "field.npy"), "--linear"]
+    for box, n in zip(boxes, layers, strict=True):
+        args += ["--box", *map(str, box), "--layers", str(n)]
+    assert main(args) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    # A monolayer of graphene on 285 nm oxide: about 6 % in R and G, nothing in B.
+    r, g, b = fitted["layers"]["1"]["mean"]
+    assert 0.04 < r < 0.08 and 0.04 < g < 0.08 and abs(b) < 0.02
+    assert (
+        main([*args[:5], "--image", str(tmp_path / "field.npy"), "--box", "0", "0", "5", "5"]) == 2
+    )
+    assert "one --layers N for every --box" in capsys.readouterr().err
