@@ -1,4 +1,5 @@
-"""The catalogue's commands: `query`, `flake` (notes and flags), `export`, `overview`.
+"""The catalogue's commands: `query`, `flake` (notes and flags), `export`, `overview`,
+`db backup`.
 
 Reading goes straight to the database (read-only; many readers beside the daemon). Notes
 and flags are writes, so they go through the running daemon, the catalogue's one writer;
@@ -206,6 +207,19 @@ def cmd_overview(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_db(args: argparse.Namespace) -> int:
+    """Catalogue maintenance: `db backup OUT` copies the live SQLite catalogue consistently
+    (SQLite's online backup, checked before it takes its name)."""
+    from flakescan.db.backup import backup_sqlite
+
+    url = database_url(args)
+    if not url.startswith("sqlite:///"):
+        _err(f"db backup copies SQLite catalogues; {url.split('://')[0]} has its own tools")
+        return EXIT_USAGE
+    print(json.dumps(backup_sqlite(Path(url.removeprefix("sqlite:///")), args.out), indent=1))
+    return EXIT_OK
+
+
 def _add_filters(sp: argparse.ArgumentParser) -> None:
     from flakescan.db.queries import ORDERS
 
@@ -270,6 +284,11 @@ def add_catalogue_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     _add_filters(sp)
     sp.add_argument("--flake", type=int, action="append", help="a flake id (repeatable)")
     sp.add_argument("--out", type=Path, required=True, help="the archive, .zip")
+
+    sp = add("db", cmd_db)
+    _add_db(sp)
+    sp.add_argument("action", choices=["backup"])
+    sp.add_argument("out", type=Path, help="the backup file")
 
     sp = add("overview", cmd_overview)
     _add_db(sp)
