@@ -85,6 +85,7 @@ class Daemon:
         self._analysis: AnalysisService | None = None  # built at the first `analyze`
         self._http: HttpServerThread | None = None
         self._revisit_cancel = threading.Event()
+        self._revisit: threading.Thread | None = None
 
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -167,11 +168,15 @@ class Daemon:
         self.rep = self.pub = None
 
     def close(self) -> None:
-        """Stop a running scan (keeping what it wrote), release hardware and sockets."""
+        """Stop a running scan or revisit (keeping what they wrote), release hardware and
+        sockets."""
         if self._active is not None:
             if self.runner is not None:
                 self.runner.cancel()
             self._reap_scan()
+        if self._revisit is not None and self._revisit.is_alive():
+            self._revisit_cancel.set()  # after the flake in hand: its image is kept whole
+            self._revisit.join(timeout=120)
         if self._http is not None:
             self._http.stop()
             self._http = None
@@ -371,7 +376,8 @@ class Daemon:
             )
             self.state.set(DaemonState.IDLE, f"revisited {len(done)} flakes")
 
-        threading.Thread(target=run, name="revisit", daemon=True).start()
+        self._revisit = threading.Thread(target=run, name="revisit", daemon=True)
+        self._revisit.start()
         return reply(
             True,
             f"revisiting {len(flakes)} flakes at {objective}",

@@ -101,3 +101,16 @@ def test_the_daemon_revisits_the_top_hits_and_keeps_their_images(start_daemon, t
         names = [n for n in zf.namelist() if n.startswith(f"highmag/flake-{fid}/")]
     assert len([n for n in names if n.endswith(".png")]) == 2  # 50x and 20x
     assert pytest.approx(len(names)) == 4  # each with its JSON sidecar
+    # A shutdown mid-revisit finishes the flake in hand, keeps it, and exits 0.
+    with EventSubscriber(d.events, ("revisit.",)) as sub:
+        params = {"scan_id": scan_id, "top": 5, "objective": "50x"}
+        assert d.client.request("revisit", params)["success"]
+        first = sub.next(timeout_s=60)
+    assert first is not None and first["topic"] == "revisit.flake"
+    assert d.client.request("shutdown")["success"]
+    assert d.proc.wait(timeout=120) == 0
+    con = sqlite3.connect(d.db_path)
+    paths = [Path(p) for (p,) in con.execute("SELECT path FROM flake_images")]
+    assert 4 <= len(paths) < 3 + 5  # stopped early, after the flake it was on
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
