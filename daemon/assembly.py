@@ -19,7 +19,7 @@ from flakescan.inference.axis_model import AxisModel
 from flakescan.inference.classifier import FlakeClassifier
 from flakescan.inference.pipeline import TilePipeline
 
-from .config import ServiceConfig
+from .config import ServiceConfig, images_dir, presets_dir
 from .lock import StateDirBusy, StateDirLock
 from .protocol import ScanStartParams
 from .scan import Publish, ScanRequest, ScanRunner
@@ -124,7 +124,8 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
         writer,
         publish,
         instrument=cfg.instrument,
-        thumbnails_dir=state_dir / "thumbnails",
+        thumbnails_dir=images_dir(state_dir),
+        presets_dir=presets_dir(state_dir),
         classifier_name=classifier.card.name,
         focus=cfg.focus,
         chip_finder=cfg.chip_finder,

@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from .catalogue_cli import database_url
-from .config import load_config, resolve_state_dir
+from .config import load_config, presets_dir, resolve_state_dir
+from .output import EXIT_OK
 
-__all__ = ["add_calibrate_command", "cmd_calibrate", "presets_dir"]
+__all__ = ["add_calibrate_command", "cmd_calibrate"]
 
-EXIT_OK, EXIT_USAGE = 0, 2
 _STANDS_OUT = 0.02  # contrast in some channel beyond this: a flake pixel, not wafer
 
 
-def presets_dir(args: argparse.Namespace) -> Path:
+def _presets_folder(args: argparse.Namespace) -> Path:
     cfg = load_config(args.config)
-    return resolve_state_dir(cfg, args.state_dir) / "presets"
+    return presets_dir(resolve_state_dir(cfg, args.state_dir))
 
 
 def _parse_flake(spec: str) -> tuple[int, int]:
@@ -99,7 +99,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         substrate=args.substrate or "",
         prior_sigma=args.prior_sigma,
     )
-    path = preset.save(presets_dir(args))
+    path = preset.save(_presets_folder(args))
     lo, hi = preset.window()
     print(
         json.dumps(

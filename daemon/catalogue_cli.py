@@ -15,15 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .config import load_config, resolve_state_dir
+from .config import images_dir, load_config, resolve_state_dir
+from .output import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+from .output import err as _err
 
 __all__ = ["add_catalogue_commands", "database_url"]
-
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
-
-def _err(msg: str) -> None:
-    print(f"flakescan: {msg}", file=sys.stderr)
 
 
 def database_url(args: argparse.Namespace) -> str:
@@ -38,9 +34,9 @@ def database_url(args: argparse.Namespace) -> str:
 def images_root(args: argparse.Namespace) -> Path:
     """The folder of the scans' pictures: beside a --db file, else the state directory's."""
     if args.db and "://" not in args.db:
-        return Path(args.db).expanduser().resolve().parent / "thumbnails"
+        return images_dir(Path(args.db).expanduser().resolve().parent)
     cfg = load_config(args.config)
-    return resolve_state_dir(cfg, args.state_dir) / "thumbnails"
+    return images_dir(resolve_state_dir(cfg, args.state_dir))
 
 
 def _query(args: argparse.Namespace):

@@ -19,19 +19,15 @@ from .analyze import ANALYSES
 from .calibrate_cli import add_calibrate_command
 from .catalogue_cli import add_catalogue_commands, database_url
 from .config import ConfigError, ServiceConfig, load_config, resolve_state_dir
+from .output import EXIT_FAIL, EXIT_OK, EXIT_USAGE
+from .output import err as _err
 from .tools import cmd_evaluate, cmd_evaluate_images, cmd_sim_truth, cmd_simulate
 
 __all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-
 
 def _console() -> Console:
     return Console(stderr=False, highlight=False)
-
-
-def _err(msg: str) -> None:
-    print(f"flakescan: {msg}", file=sys.stderr)
 
 
 def _config(args: argparse.Namespace) -> ServiceConfig:

@@ -24,15 +24,17 @@ from flakescan.inference.registry import is_model_path
 from flakescan.simulators.config import ReplayConfig, SimulatorConfig
 
 from .chip_finder import ChipFinderConfig
-from .dashboard_config import DashboardConfig
 from .scan_plan import RegionUm
 
 __all__ = [
     "ConfigError",
+    "DashboardConfig",
     "ScanDefaults",
     "ServiceConfig",
     "ZmqConfig",
+    "images_dir",
     "load_config",
+    "presets_dir",
     "resolve_state_dir",
 ]
 
@@ -101,6 +103,18 @@ class ZmqConfig(BaseModel):
         return self
 
 
+def with_address(section: BaseModel, host: str | None, port: int | None) -> BaseModel:
+    """A `[http]` / `[dashboard]` section with the command line's host and port, validated
+    again (so an address off loopback still needs allow_remote)."""
+    return type(section).model_validate(
+        {
+            **section.model_dump(),
+            **({"host": host} if host else {}),
+            **({"port": port} if port is not None else {}),
+        }
+    )
+
+
 class HttpConfig(BaseModel):
     """`[http]`: the analysis service over HTTP (the daemon starts it when enabled;
     `flakescan serve` runs it on its own)."""
@@ -117,12 +131,32 @@ class HttpConfig(BaseModel):
 
     @model_validator(mode="after")
     def _loopback(self) -> HttpConfig:
-        if not self.allow_remote and not _is_loopback(f"tcp://{self.host}:1"):
-            raise ValueError(
-                f"host = {self.host!r} is not a loopback address; set allow_remote = true "
-                "to serve on the network"
-            )
+        _check_served_host(self.host, self.allow_remote)
         return self
+
+
+class DashboardConfig(BaseModel):
+    """`[dashboard]`: where `flakescan dashboard` listens. The page shows the lab's chips to
+    whoever opens it: off loopback only when asked for."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8766, ge=0, le=65535)
+    allow_remote: bool = False
+
+    @model_validator(mode="after")
+    def _loopback(self) -> DashboardConfig:
+        _check_served_host(self.host, self.allow_remote)
+        return self
+
+
+def _check_served_host(host: str, allow_remote: bool) -> None:
+    if not allow_remote and not _is_loopback(f"tcp://{host}:1"):
+        raise ValueError(
+            f"host = {host!r} is not a loopback address; set allow_remote = true "
+            "to serve on the network"
+        )
 
 
 class ServiceConfig(BaseModel):
@@ -236,6 +270,16 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError("\n".join(_format_error(e, source) for e in exc.errors())) from None
     return _resolve_relative(cfg, base)
+
+
+def images_dir(state_dir: Path) -> Path:
+    """Where scans keep their pictures: thumbnails, previews, tiles, overviews, revisits."""
+    return state_dir / "thumbnails"
+
+
+def presets_dir(state_dir: Path) -> Path:
+    """Where `flakescan calibrate` keeps the preselection presets scans use by name."""
+    return state_dir / "presets"
 
 
 def resolve_state_dir(cfg: ServiceConfig, override: str | Path | None = None) -> Path:

@@ -29,8 +29,7 @@ from flakescan.db.engine import open_database
 from flakescan.db.models import Flake, Scan, Tile, row_dict
 
 from .client import ControlClient, DaemonUnreachable
-from .config import ServiceConfig
-from .dashboard_config import DashboardConfig
+from .config import DashboardConfig, ServiceConfig, images_dir, with_address
 from .overview import preview_path, scan_folder
 from .uvicorn_thread import UvicornThread
 
@@ -199,15 +198,10 @@ def create_dashboard(
 
 def run_dashboard(cfg: ServiceConfig, state_dir: Path, host: str | None, port: int | None) -> None:
     """Serve the dashboard until interrupted (`flakescan dashboard`)."""
-    d = DashboardConfig.model_validate(
-        {
-            **cfg.dashboard.model_dump(),
-            **({"host": host} if host else {}),
-            **({"port": port} if port is not None else {}),
-        }
-    )
+    d = with_address(cfg.dashboard, host, port)
+    assert isinstance(d, DashboardConfig)
     app, _ = create_dashboard(
-        cfg.zmq.events, cfg.zmq.control, cfg.database_url(state_dir), state_dir / "thumbnails"
+        cfg.zmq.events, cfg.zmq.control, cfg.database_url(state_dir), images_dir(state_dir)
     )
     server = UvicornThread(app, d.host, d.port, name="dashboard")
     log.info("dashboard on http://%s:%s", d.host, d.port)

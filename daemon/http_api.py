@@ -32,7 +32,7 @@ from flakescan.inference.analysis import (
 )
 from flakescan.inference.registry import ModelNotFound
 
-from .config import HttpConfig, ServiceConfig
+from .config import HttpConfig, ServiceConfig, with_address
 from .uvicorn_thread import UvicornThread
 
 __all__ = ["HttpServerThread", "create_app", "run_server"]
@@ -218,13 +218,8 @@ def run_server(cfg: ServiceConfig, host: str | None = None, port: int | None = N
     `[http] allow_remote = true`, as in the config file."""
     import uvicorn
 
-    http = HttpConfig.model_validate(
-        {
-            **cfg.http.model_dump(),
-            **({"host": host} if host else {}),
-            **({"port": port} if port is not None else {}),
-        }
-    )
+    http = with_address(cfg.http, host, port)
+    assert isinstance(http, HttpConfig)
     cfg = cfg.model_copy(update={"http": http})
     uvicorn.run(create_app(cfg), host=http.host, port=http.port, log_level="info")
 

@@ -5,12 +5,23 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from collections.abc import Sequence
 
 from rich.console import Console
 from rich.table import Table
 
-__all__ = ["TABLE_COLUMNS", "format_flakes"]
+__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "TABLE_COLUMNS", "err", "format_flakes"]
+
+# The command line's exit codes: success, failure (scan failed, daemon unreachable, start-up
+# fault), bad input (configuration, arguments, refused request).
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+def err(msg: str) -> None:
+    """A command's error line, on stderr."""
+    print(f"flakescan: {msg}", file=sys.stderr)
+
 
 # (column, header, format) shown in the table; CSV and JSON carry every column.
 TABLE_COLUMNS = (

@@ -27,7 +27,7 @@ from flakescan.hardware.errors import HardwareError
 from flakescan.hardware.microscope import Microscope
 
 from .assembly import Components, StartupError, open_components, scan_request, scan_settings
-from .config import ServiceConfig
+from .config import ServiceConfig, images_dir
 from .events import EventPublisher
 from .protocol import (
     AnalyzeInput,
@@ -350,7 +350,7 @@ class Daemon:
             return reply(False, f"revisit: {exc}")
         if not self.state.try_set(DaemonState.REVISITING, f"{len(flakes)} flakes at {objective}"):
             return reply(False, f"cannot revisit while {self.state.state}")
-        writer, images = self.components.writer, self.state_dir / "thumbnails"
+        writer, images = self.components.writer, images_dir(self.state_dir)
         self._revisit_cancel.clear()
 
         def run() -> None:

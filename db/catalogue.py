@@ -146,9 +146,7 @@ class CatalogueWriter:
             scan = s.get(Scan, scan_id)
             if scan is None:
                 raise KeyError(f"no scan {scan_id}")
-            scan.settings_json = json.dumps(
-                {**json.loads(scan.settings_json or "{}"), **extra}, default=str
-            )
+            _merge_settings(scan, extra)
 
     def replan_scan(
         self,
@@ -164,9 +162,7 @@ class CatalogueWriter:
                 raise KeyError(f"no scan {scan_id}")
             scan.region_x0_um, scan.region_y0_um, scan.region_x1_um, scan.region_y1_um = region_um
             scan.tiles_planned = tiles_planned
-            scan.settings_json = json.dumps(
-                {**json.loads(scan.settings_json or "{}"), **extra_settings}, default=str
-            )
+            _merge_settings(scan, extra_settings)
 
     def annotate(
         self,
@@ -233,6 +229,13 @@ class CatalogueWriter:
                 "tiles_done": scan.tiles_done,
                 "flakes_found": scan.flakes_found,
             }
+
+
+def _merge_settings(scan: Scan, extra: dict) -> None:
+    """What the scan learnt as it ran (focus surface, chip outline) added to its settings."""
+    scan.settings_json = json.dumps(
+        {**json.loads(scan.settings_json or "{}"), **extra}, default=str
+    )
 
 
 def _set_measurements(flake: Flake, h: Hit) -> None:

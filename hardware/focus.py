@@ -314,7 +314,8 @@ def map_focus(
     z_guess = mic.z()
     x0, y0, x1, y1 = region_um
     nudge = (x1 - x0) / (3 * cfg.points_per_axis), (y1 - y0) / (3 * cfg.points_per_axis)
-    for x, y in focus_points(region_um, cfg.points_per_axis, inside):
+    points = focus_points(region_um, cfg.points_per_axis, inside)
+    for x, y in points:
         # A field with nothing in it cannot be focused: try a little aside, as a person
         # would, before giving the point up.
         for dx, dy in ((0, 0), (1, 0), (0, 1), (-1, 0), (0, -1)):
@@ -335,7 +336,7 @@ def map_focus(
             if on_point is not None:
                 on_point(point)
             break
-    if len(found) < min(3, len(focus_points(region_um, cfg.points_per_axis, inside))):
+    if len(found) < min(3, len(points)):
         raise FocusError(
             f"only {len(found)} focus points found, too few for a surface: " + "; ".join(failures)
         )

@@ -25,6 +25,8 @@ from skimage.measure import find_contours
 
 from flakescan.hardware.frame import Frame
 
+from .preselection import disk
+
 __all__ = ["ChipOutline", "find_chip_outline", "stitch_frames"]
 
 
@@ -130,10 +132,10 @@ def find_chip_outline(
     chip_label = int(np.bincount(border, minlength=2).argmin())
     mask = labels == chip_label
     radius = max(1, round(closing_um / um_per_px / 2))
-    disk = _disk(radius)
-    mask = ndimage.binary_closing(mask, structure=disk, border_value=0)
+    footprint = disk(radius)
+    mask = ndimage.binary_closing(mask, structure=footprint, border_value=0)
     mask = ndimage.binary_fill_holes(mask)
-    mask = ndimage.binary_opening(mask, structure=disk)
+    mask = ndimage.binary_opening(mask, structure=footprint)
     parts, n = ndimage.label(mask)
     if n == 0:
         raise ValueError("find_chip_outline: no chip in the search area")
@@ -160,8 +162,3 @@ def find_chip_outline(
         mask=mask,
         origin_um=origin,
     )
-
-
-def _disk(radius: int) -> np.ndarray:
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    return xx**2 + yy**2 <= radius**2 + 0.5

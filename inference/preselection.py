@@ -19,7 +19,7 @@ from flakescan.simulators.optics import contrast_class
 from .background import Background, estimate_background
 from .config import PreselectionConfig
 
-__all__ = ["Candidate", "PreselectionResult", "contrast_class", "preselect"]
+__all__ = ["Candidate", "PreselectionResult", "contrast_class", "disk", "preselect"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ class PreselectionResult:
     skipped_reason: str | None = None
 
 
-def _disk(radius: int) -> np.ndarray:
+def disk(radius: int) -> np.ndarray:
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
     return xx**2 + yy**2 <= radius**2 + 0.5
 
@@ -103,7 +103,7 @@ def _group_components(
     radius = int(np.ceil(cfg.merge_gap_um / pixel_size_um / 2))
     if radius == 0 or len(comps) < 2:
         return [[(sl, k)] for sl, k, _ in comps]
-    near, _ = ndimage.label(ndimage.binary_dilation(inside, structure=_disk(radius)))
+    near, _ = ndimage.label(ndimage.binary_dilation(inside, structure=disk(radius)))
     groups: dict[tuple[int, int], list[tuple[tuple[slice, slice], int]]] = {}
     for sl, k, cls in comps:
         rr, cc = np.nonzero(labels[sl] == k)
@@ -137,7 +137,7 @@ def preselect(
     hi = np.asarray(cfg.contrast_max[:n_ch], dtype=np.float32)
     inside = np.logical_and(contrast >= lo, contrast <= hi).all(axis=2)
     if cfg.opening_radius_px > 0:
-        inside = ndimage.binary_opening(inside, structure=_disk(cfg.opening_radius_px))
+        inside = ndimage.binary_opening(inside, structure=disk(cfg.opening_radius_px))
     labels, n = ndimage.label(inside, structure=np.ones((3, 3), bool))
     if n == 0:
         return PreselectionResult([], background, contrast)

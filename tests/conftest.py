@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from flakescan.daemon.client import ControlClient, DaemonUnreachable
-from flakescan.hardware.backends.simulator import SimulatedMicroscope, open_simulated_microscope
-from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
-from flakescan.simulators.config import SimulatorConfig
+from flakescan.hardware.backends.simulator import SimulatedMicroscope
+
+from .sim_helpers import sim_microscope
 
 
 def free_port() -> int:
@@ -57,8 +57,7 @@ def write_toml(path: Path, data: dict) -> Path:
 @pytest.fixture
 def microscope() -> Iterator[SimulatedMicroscope]:
     """A simulated microscope with fast stages, on the default chip."""
-    sim = SimulatorConfig.model_validate({"stage": {"xy_speed_um_s": 100000, "xy_settle_ms": 5}})
-    mic = open_simulated_microscope(HardwareConfig(), ObjectiveConfig(), TravelLimits(), sim)
+    mic = sim_microscope()
     yield mic
     mic.close()
 

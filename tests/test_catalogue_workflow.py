@@ -17,17 +17,11 @@ from PIL import Image
 
 from flakescan.daemon.cli import main
 from flakescan.daemon.overview import preview_path, render_overview, write_ome_tiff
-from flakescan.daemon.scan import ScanRequest, ScanRunner
-from flakescan.db.catalogue import CatalogueWriter
+from flakescan.daemon.scan import ScanRequest
 from flakescan.db.engine import open_database, sqlite_url
 from flakescan.db.queries import FlakeQuery, find_flakes
-from flakescan.hardware.backends.simulator import open_simulated_microscope
-from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
 from flakescan.inference.annotate import CLASS_COLOURS
-from flakescan.inference.classifier import FlakeClassifier
-from flakescan.inference.config import ModelsConfig, PreselectionConfig
-from flakescan.inference.pipeline import TilePipeline
-from flakescan.simulators.config import SimulatorConfig
+from tests.sim_helpers import scan_runner, sim_microscope
 
 # 1.6 x 1.2 mm of the default chip: 9 tiles with overlaps, about 18 hits.
 REQUEST = ScanRequest(
@@ -43,17 +37,9 @@ REQUEST = ScanRequest(
 def scanned(tmp_path_factory):
     """(db path, images root, scan id, outcome) of one finished scan."""
     root = tmp_path_factory.mktemp("workflow")
-    sim = SimulatorConfig.model_validate({"stage": {"xy_speed_um_s": 100000, "xy_settle_ms": 5}})
-    mic = open_simulated_microscope(HardwareConfig(), ObjectiveConfig(), TravelLimits(), sim)
+    mic = sim_microscope()
     engine = open_database(sqlite_url(root / "flakescan.db"))
-    runner = ScanRunner(
-        mic,
-        TilePipeline(PreselectionConfig(), FlakeClassifier.from_config(ModelsConfig())),
-        CatalogueWriter(engine),
-        lambda *_: None,
-        instrument="t",
-        thumbnails_dir=root / "thumbnails",
-    )
+    runner = scan_runner(mic, engine, root / "thumbnails")
     plan = runner.plan(REQUEST)
     scan_id = runner.open_scan(REQUEST, plan, {"overview_um_per_px": 4.0})
     outcome = runner.run(scan_id, REQUEST, plan)

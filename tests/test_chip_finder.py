@@ -10,29 +10,17 @@ from shapely import union_all
 from shapely.geometry import Polygon, box
 
 from flakescan.daemon.chip_finder import ChipFinderConfig, find_chip
-from flakescan.daemon.scan import ScanRequest, ScanRunner
+from flakescan.daemon.scan import ScanRequest
 from flakescan.daemon.scan_plan import ScanPlan
-from flakescan.db.catalogue import CatalogueWriter
 from flakescan.db.engine import open_database, sqlite_url
-from flakescan.hardware.backends.simulator import open_simulated_microscope
-from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
-from flakescan.inference.classifier import FlakeClassifier
-from flakescan.inference.config import ModelsConfig, PreselectionConfig
-from flakescan.inference.pipeline import TilePipeline
-from flakescan.simulators.config import SimulatorConfig
+from tests.sim_helpers import scan_runner, sim_microscope
 
 # A 2.4 x 1.8 mm chip with a 1.0 x 0.8 mm corner broken off along a cleave line.
 BROKEN = {"width_um": 2400.0, "height_um": 1800.0, "broken_corner_um": [1000.0, 800.0]}
 
 
 def microscope(surround: str = "holder"):
-    sim = SimulatorConfig.model_validate(
-        {
-            "stage": {"xy_speed_um_s": 100000, "xy_settle_ms": 5},
-            "chip": {**BROKEN, "surround": surround},
-        }
-    )
-    return open_simulated_microscope(HardwareConfig(), ObjectiveConfig(), TravelLimits(), sim)
+    return sim_microscope(chip={**BROKEN, "surround": surround})
 
 
 @pytest.mark.parametrize("surround", ["holder", "tape"])
@@ -56,13 +44,8 @@ def test_a_scan_that_finds_its_chip_covers_the_outline_and_nothing_beside_it(tmp
     mic = microscope()
     engine = open_database(sqlite_url(tmp_path / "chip.db"))
     events: list[tuple[str, dict]] = []
-    runner = ScanRunner(
-        mic,
-        TilePipeline(PreselectionConfig(), FlakeClassifier.from_config(ModelsConfig())),
-        CatalogueWriter(engine),
-        lambda topic, data: events.append((topic, data)),
-        instrument="t",
-        thumbnails_dir=tmp_path / "thumbs",
+    runner = scan_runner(
+        mic, engine, tmp_path / "thumbs", lambda topic, data: events.append((topic, data))
     )
     # Asked for the whole holder around the chip: the pre-pass narrows it to the chip.
     request = ScanRequest(

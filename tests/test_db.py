@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from flakescan.db.catalogue import CatalogueWriter
-from flakescan.db.engine import SchemaVersionError, open_database, sqlite_url
+from flakescan.db.engine import _ADDED_COLUMNS, SchemaVersionError, open_database, sqlite_url
 from flakescan.db.models import SCHEMA_VERSION
 from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans, scan_summary
 from flakescan.inference.pipeline import Hit, TileResult
@@ -36,28 +36,9 @@ def hit(x: float, area: float, cls: int) -> Hit:
     )
 
 
-SCHEMA_2_COLUMNS = (
-    "axis_source",
-    "axis_cnn_deg",
-    "axis_cnn_confidence",
-    "axis_edges_deg",
-    "axis_edges_confidence",
-)
-SCHEMA_3_COLUMNS = (
-    "outline_json",
-    "perimeter_um",
-    "length_um",
-    "width_um",
-    "aspect_ratio",
-    "inscribed_diameter_um",
-    "rect_length_um",
-    "rect_width_um",
-    "rect_angle_deg",
-    "notes",
-    "used",
-    "favourite",
-    "annotated_at",
-)
+# What each schema version added to the flakes table (taken off again to make old files).
+SCHEMA_2_COLUMNS = tuple(col for _, col, _ in _ADDED_COLUMNS[2])
+SCHEMA_3_COLUMNS = tuple(col for _, col, _ in _ADDED_COLUMNS[3])
 
 
 def shaped_hit(length: float, width: float, x: float = 500.0, cls: int = 1) -> Hit:

@@ -10,11 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from flakescan.daemon.scan import ScanRequest, ScanRunner
-from flakescan.db.catalogue import CatalogueWriter
+from flakescan.daemon.scan import ScanRequest
 from flakescan.db.engine import open_database, sqlite_url
-from flakescan.hardware.backends.simulator import open_simulated_microscope
-from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
+from flakescan.hardware.config import TravelLimits
 from flakescan.hardware.focus import (
     FocusConfig,
     FocusError,
@@ -24,19 +22,11 @@ from flakescan.hardware.focus import (
     map_focus,
     sharpness,
 )
-from flakescan.inference.classifier import FlakeClassifier
-from flakescan.inference.config import ModelsConfig, PreselectionConfig
-from flakescan.inference.pipeline import TilePipeline
-from flakescan.simulators.config import SimulatorConfig
-
-FAST = {"xy_speed_um_s": 100000, "xy_settle_ms": 5}
+from tests.sim_helpers import scan_runner, sim_microscope
 
 
 def microscope(limits: TravelLimits | None = None, **stage):
-    sim = SimulatorConfig.model_validate({"stage": {**FAST, **stage}})
-    return open_simulated_microscope(
-        HardwareConfig(), ObjectiveConfig(), limits or TravelLimits(), sim
-    )
+    return sim_microscope(limits, stage=stage)
 
 
 class DefocusLog:
@@ -134,13 +124,11 @@ def test_a_quadratic_surface_needs_six_points():
 def _scan(mic, tmp_path, autofocus_on: bool, cfg: FocusConfig):
     engine = open_database(sqlite_url(tmp_path / f"af-{autofocus_on}.db"))
     events: list[tuple[str, dict]] = []
-    runner = ScanRunner(
+    runner = scan_runner(
         mic,
-        TilePipeline(PreselectionConfig(), FlakeClassifier.from_config(ModelsConfig())),
-        CatalogueWriter(engine),
+        engine,
+        tmp_path / f"thumbs-{autofocus_on}",
         lambda topic, data: events.append((topic, data)),
-        instrument="t",
-        thumbnails_dir=tmp_path / f"thumbs-{autofocus_on}",
         focus=cfg,
     )
     request = ScanRequest(

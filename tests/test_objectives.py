@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from flakescan.hardware.backends.simulator import open_simulated_microscope
-from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
+from flakescan.hardware.config import TravelLimits
 from flakescan.hardware.errors import TravelLimitError
 from flakescan.hardware.objectives import UnknownObjective
-from flakescan.simulators.config import SimulatorConfig
-
-FAST = SimulatorConfig.model_validate({"stage": {"xy_speed_um_s": 100000, "xy_settle_ms": 5}})
+from tests.sim_helpers import sim_microscope
 
 
 @pytest.fixture
 def mic():
-    m = open_simulated_microscope(HardwareConfig(), ObjectiveConfig(), TravelLimits(), FAST)
+    m = sim_microscope()
     yield m
     m.close()
 
@@ -46,7 +43,7 @@ def test_an_unknown_objective_is_refused_naming_the_known_ones(mic):
 def test_a_change_that_would_leave_the_travel_limits_is_refused_before_the_turret_turns():
     # At the edge of travel: the 20x looks 7 um to the right, so the stage would go to -7.
     limits = TravelLimits(x_min_um=0.0)
-    mic = open_simulated_microscope(HardwareConfig(), ObjectiveConfig(), limits, FAST)
+    mic = sim_microscope(limits)
     try:
         mic.move_xy(0.0, 1000.0)
         with pytest.raises(TravelLimitError, match="outside the travel limits"):

@@ -15,11 +15,7 @@ from PIL import Image
 from flakescan.daemon.cli import main
 from flakescan.daemon.client import EventSubscriber
 from flakescan.daemon.revisit import revisit_flake
-from flakescan.hardware.backends.simulator import open_simulated_microscope
-from flakescan.hardware.config import HardwareConfig, ObjectiveConfig, TravelLimits
-from flakescan.simulators.config import SimulatorConfig
-
-FAST = SimulatorConfig.model_validate({"stage": {"xy_speed_um_s": 100000, "xy_settle_ms": 5}})
+from tests.sim_helpers import sim_microscope
 
 
 def small_flakes(mic, n: int) -> list[dict]:
@@ -35,7 +31,7 @@ def small_flakes(mic, n: int) -> list[dict]:
 
 
 def test_a_revisit_recentres_on_the_flake_better_than_the_calibration(tmp_path):
-    mic = open_simulated_microscope(HardwareConfig(), ObjectiveConfig(), TravelLimits(), FAST)
+    mic = sim_microscope()
     world = mic.world
     snap = mic.snap
     seen: dict[str, tuple[float, float]] = {}
