@@ -7,9 +7,11 @@ Exit codes: 0 success, 1 failure (scan failed, daemon unreachable, startup fault
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from .catalogue_cli import add_catalogue_commands, database_url
 from .config import ConfigError, ServiceConfig, load_config, resolve_state_dir
 from .output import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from .output import err as _err
+from .systemd import JournalFormatter, add_install_service_command, use_journal
 from .tools import cmd_evaluate, cmd_evaluate_images, cmd_sim_truth, cmd_simulate
 
 __all__ = ["build_parser", "main"]
@@ -45,6 +48,8 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from .assembly import StartupError
     from .service import Daemon
 
+    # A native crash (a driver, a library's thread) leaves its Python stacks in the log.
+    faulthandler.enable()
     cfg = _config(args)
     state_dir = resolve_state_dir(cfg, args.state_dir)
     daemon = Daemon(cfg, state_dir)
@@ -59,7 +64,10 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         daemon.serve_forever()
     finally:
         daemon.close()
-    logging.getLogger(__name__).info("daemon stopped")
+    log = logging.getLogger(__name__)
+    if left := [t.name for t in threading.enumerate() if t is not threading.main_thread()]:
+        log.warning("threads still running at exit: %s", ", ".join(left))
+    log.info("daemon stopped")
     return EXIT_OK
 
 
@@ -105,9 +113,12 @@ def cmd_scan(args: argparse.Namespace) -> int:
     from .follow import ScanFailed, run_remote_scan
 
     control, events = _endpoints(args)
+    method, params = "scan_start", _scan_params(args)
+    if args.resume is not None:
+        method, params = "scan_resume", {} if args.resume == _NEWEST else {"scan_id": args.resume}
     try:
         outcome = run_remote_scan(
-            control, events, _scan_params(args), console, show_progress=not args.no_progress
+            control, events, params, console, show_progress=not args.no_progress, method=method
         )
     except DaemonUnreachable as exc:
         _err(str(exc))
@@ -120,6 +131,18 @@ def cmd_scan(args: argparse.Namespace) -> int:
         return EXIT_FAIL
     _print_outcome(console, outcome)
     return EXIT_OK
+
+
+_NEWEST = -1  # `scan --resume` without an id: the newest scan
+
+
+def _newest_scan(engine: Any) -> int:
+    from flakescan.db.queries import list_scans
+
+    scans = list_scans(engine)
+    if not scans:
+        raise KeyError("there is no scan to resume")
+    return int(scans[-1]["id"])
 
 
 def _scan_local(args: argparse.Namespace, console: Console) -> int:
@@ -150,18 +173,29 @@ def _scan_local(args: argparse.Namespace, console: Console) -> int:
         _err(f"cannot start: {exc}")
         return EXIT_FAIL
     try:
+        resume = None
         try:
-            request = scan_request(cfg, p, parts.microscope)
-            plan = parts.runner.plan(request)
+            if args.resume is not None:
+                scan_id = _newest_scan(parts.engine) if args.resume == _NEWEST else args.resume
+                request, resume = parts.runner.reopen_scan(scan_id)
+                plan = resume.plan
+            else:
+                request = scan_request(cfg, p, parts.microscope)
+                plan = parts.runner.plan(request)
+                settings = {**scan_settings(cfg), "local": True}
+                scan_id = parts.runner.open_scan(request, plan, settings)
+        except KeyError as exc:
+            _err(f"scan refused: {exc.args[0]}")
+            return EXIT_USAGE
         except (HardwareError, ValueError) as exc:
             _err(f"scan refused: {exc}")
             return EXIT_USAGE
-        scan_id = parts.runner.open_scan(request, plan, {**scan_settings(cfg), "local": True})
         if bar is not None and task is not None:
-            bar.update(task, total=plan.n_tiles, scan_id=scan_id)
+            done = len(resume.done) if resume is not None else 0
+            bar.update(task, total=plan.n_tiles, completed=done, scan_id=scan_id)
             bar.start()
         try:
-            outcome = parts.runner.run(scan_id, request, plan)
+            outcome = parts.runner.run(scan_id, request, plan, resume=resume)
         finally:
             if bar is not None:
                 bar.stop()
@@ -463,6 +497,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="find the chip at the lowest magnification first; scan its outline only",
     )
+    sp.add_argument(
+        "--resume",
+        nargs="?",
+        type=int,
+        const=_NEWEST,
+        metavar="SCAN_ID",
+        help="go on with an unfinished scan (interrupted, stopped, failed) from its first "
+        "tile not done; without an id, the newest scan",
+    )
     sp.add_argument("--local", action="store_true", help="run in this process, no daemon")
     sp.add_argument("--state-dir", type=Path, help="with --local: state directory")
     sp.add_argument("--no-progress", action="store_true")
@@ -500,6 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--state-dir", type=Path)
     add_catalogue_commands(add)
     add_calibrate_command(add)
+    add_install_service_command(add)
 
     sp = add("sim-truth", cmd_sim_truth)
     sp.add_argument("--out", type=Path, required=True)
@@ -639,11 +683,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(head)
     if command is not None:
         setattr(args, _PASS_THROUGH[command][0], rest)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if use_journal():  # under systemd: levels as journal priorities, its own timestamps
+        handler.setFormatter(JournalFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=args.log_level, handlers=[handler])
     logging.getLogger("pymmcore-plus").setLevel(logging.WARNING)
     logging.getLogger("PIL").setLevel(logging.WARNING)
     try:

@@ -159,6 +159,18 @@ def _check_served_host(host: str, allow_remote: bool) -> None:
         )
 
 
+class SystemdConfig(BaseModel):
+    """`[systemd]`: how the daemon proves to systemd's watchdog that it is alive."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A scan that finishes no tile, focus point or step for this long is stuck (a device
+    # that never answers): the watchdog pings stop, and systemd restarts the daemon.
+    scan_stall_s: float = Field(120.0, gt=0, le=86400)
+    # Asked for (EXTEND_TIMEOUT_USEC) while the database, models and hardware load.
+    start_timeout_s: float = Field(300.0, gt=0, le=86400)
+
+
 class ServiceConfig(BaseModel):
     """Everything the daemon needs; every section has working simulator defaults."""
 
@@ -183,6 +195,7 @@ class ServiceConfig(BaseModel):
     focus: FocusConfig = FocusConfig()
     chip_finder: ChipFinderConfig = ChipFinderConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    systemd: SystemdConfig = SystemdConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ServiceConfig:

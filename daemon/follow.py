@@ -51,23 +51,31 @@ def run_remote_scan(
     *,
     show_progress: bool = True,
     idle_timeout_s: float = 120.0,
+    method: str = "scan_start",
 ) -> dict[str, Any]:
-    """Start a scan on a running daemon and follow it to its end; returns the outcome.
+    """Start a scan on a running daemon (or resume one: method "scan_resume") and follow
+    it to its end; returns the outcome.
 
     Subscribes before asking, so no event of the scan is missed. Raises ScanFailed with the
     outcome of a failed scan, DaemonUnreachable if the daemon goes silent.
     """
     client = ControlClient(control)
     with EventSubscriber(events, ("scan.", "tile.", "flake.")) as sub:
-        answer = client.request("scan_start", params)
+        answer = client.request(method, params)
         if not answer.get("success"):
-            raise ScanFailed({"reason": answer.get("msg", "scan_start refused"), "refused": True})
+            raise ScanFailed({"reason": answer.get("msg", f"{method} refused"), "refused": True})
         scan_id = answer["scan_id"]
         bar = progress_bar(console) if show_progress else None
         task = None
         if bar is not None:
             bar.start()
-            task = bar.add_task("scan", total=answer["tiles"], scan_id=scan_id, flakes=0)
+            task = bar.add_task(
+                "scan",
+                total=answer["tiles"],
+                completed=answer.get("tiles_done", 0),
+                scan_id=scan_id,
+                flakes=0,
+            )
         update = progress_updater(bar, task) if bar is not None else (lambda t, d: None)
         try:
             while True:

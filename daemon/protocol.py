@@ -57,6 +57,13 @@ class ScanStartParams(_Params):
     preset: str | None = Field(None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
 
 
+class ScanResumeParams(_Params):
+    """An unfinished scan (interrupted, stopped or failed) to go on with; default: the
+    newest scan, if it is unfinished."""
+
+    scan_id: int | None = Field(None, ge=1)
+
+
 class GotoFlakeParams(_Params):
     flake_id: int = Field(..., ge=1)
     # With an objective: a revisit of this one flake (a job; `revisit.*` events).
@@ -133,6 +140,7 @@ class AnalyzeParams(_Params):
 METHODS: dict[str, type[_Params]] = {
     "status": EmptyParams,
     "scan_start": ScanStartParams,
+    "scan_resume": ScanResumeParams,
     "scan_stop": EmptyParams,
     "goto_flake": GotoFlakeParams,
     "revisit": RevisitParams,

@@ -30,7 +30,14 @@ from shapely.prepared import prep
 from flakescan.db.catalogue import CatalogueWriter
 from flakescan.db.models import utcnow
 from flakescan.hardware.engine import StrictMDAEngine
-from flakescan.hardware.focus import FocusConfig, FocusPoint, FocusTracker, map_focus, sharpness
+from flakescan.hardware.focus import (
+    FocusConfig,
+    FocusPoint,
+    FocusSurface,
+    FocusTracker,
+    map_focus,
+    sharpness,
+)
 from flakescan.hardware.frame import Frame
 from flakescan.hardware.microscope import Microscope
 from flakescan.inference.calibration import load_preset
@@ -39,6 +46,7 @@ from flakescan.inference.pipeline import Hit, TilePipeline
 
 from .chip_finder import ChipFinderConfig, find_chip, plan_for_chip
 from .overview import render_overview, save_full_tile, save_tile_preview
+from .resume import ResumePoint, load_resume_point, request_settings
 from .scan_plan import ScanPlan
 from .sightings import SightingIndex, merge
 
@@ -106,6 +114,7 @@ class _ScanContext:
     error: str | None = None
     focus: dict[str, Any] | None = None  # the focus surface followed, and refocus count
     sightings: SightingIndex = field(default_factory=SightingIndex)
+    resume: ResumePoint | None = None  # where a resumed scan started from
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def fail(self, reason: str) -> None:
@@ -155,6 +164,8 @@ class ScanRunner:
         microscope.core.mda.set_engine(self._engine)
         self._cancel = threading.Event()
         self.current: dict[str, Any] | None = None  # what `status` reports mid-scan
+        # When the scan last got somewhere (a tile, a focus point): the watchdog's proof.
+        self.progressed_at = time.monotonic()
 
     # -- planning -------------------------------------------------------------------------
     def plan(self, request: ScanRequest) -> ScanPlan:
@@ -177,10 +188,17 @@ class ScanRunner:
     def open_scan(self, request: ScanRequest, plan: ScanPlan, settings: dict[str, Any]) -> int:
         """Create the scan's row (status running) and return its id.
 
-        The useq sequence goes into the row's settings, so the scan can be replayed.
+        The useq sequence goes into the row's settings, so the scan can be replayed, and
+        the request and the plan exactly, so it can be resumed.
         """
-        settings = {**settings, "mda_sequence": plan.sequence.model_dump(mode="json")}
+        settings = {
+            **settings,
+            "request": request_settings(request),
+            "plan": plan.as_settings(),
+            "mda_sequence": plan.sequence.model_dump(mode="json"),
+        }
         self._cancel.clear()  # here, not in run(): a stop may come before run() starts
+        self.progressed_at = time.monotonic()
         return self.writer.start_scan(
             instrument=self.instrument,
             chip_id=request.chip_id,
@@ -194,6 +212,20 @@ class ScanRunner:
             settings=settings,
         )
 
+    def reopen_scan(self, scan_id: int) -> tuple[ScanRequest, ResumePoint]:
+        """An unfinished scan made ready to go on: where it stands, checked as a new scan
+        is (its tiles within today's travel limits, its preset present), and its row set
+        running again. KeyError: no such scan; ValueError / TravelLimitError: refused."""
+        point = load_resume_point(self.writer.engine, scan_id)
+        fields = dict(point.request)
+        request = ScanRequest(**{**fields, "region_um": tuple(fields["region_um"])})
+        point.plan.check_limits(self.microscope.limits)
+        self._preselection_for(request)
+        self.writer.reopen_scan(scan_id, (point.status,))
+        self._cancel.clear()
+        self.progressed_at = time.monotonic()
+        return request, point
+
     def cancel(self) -> None:
         """Ask the scan to stop at the next tile boundary (thread-safe)."""
         self._cancel.set()
@@ -206,8 +238,10 @@ class ScanRunner:
         request: ScanRequest,
         plan: ScanPlan,
         on_outcome: Callable[[ScanOutcome], None] | None = None,
+        resume: ResumePoint | None = None,
     ) -> ScanOutcome:
-        """Acquire and process every tile of the plan; blocks until the scan ends.
+        """Acquire and process every tile of the plan (with `resume`, the tiles it has not
+        done, from where it stood); blocks until the scan ends.
 
         Whatever goes wrong, the scan is closed in the database with a status and a reason,
         and its final event is published. `on_outcome` runs after the scan is closed and
@@ -215,7 +249,12 @@ class ScanRunner:
         """
         t0 = time.monotonic()
         ctx = _ScanContext(scan_id, request, plan, self.thumbnails_dir / f"scan-{scan_id}")
+        if resume is not None:
+            ctx.resume = resume
+            ctx.tiles_done, ctx.flakes = len(resume.done), resume.flakes
+            ctx.per_class, ctx.sightings = Counter(resume.per_class), resume.sightings
         self.current = ctx.progress()
+        self.progressed_at = time.monotonic()
         try:
             self.pipeline.preselection = self._preselection_for(request)
             self._acquire_and_process(ctx)
@@ -277,7 +316,11 @@ class ScanRunner:
         """The MDA runner acquires in this thread; a worker thread processes."""
         self.pipeline.start_chip()
         ctx.thumbnails.mkdir(parents=True, exist_ok=True)
-        if ctx.request.find_chip:
+        resume = ctx.resume
+        if resume is not None:  # the wafer colour the interrupted scan had reached
+            for colour, fraction in resume.backgrounds:
+                self.pipeline.learn_wafer(colour, fraction)
+        elif ctx.request.find_chip:  # a resumed scan's plan is already the chip's
             try:
                 ctx.plan = self._plan_for_chip(ctx)
             except Exception as exc:  # a device fault, no chip, tiles out of limits
@@ -291,6 +334,8 @@ class ScanRunner:
                 "chip_id": ctx.request.chip_id,
                 "name": ctx.request.name,
                 **ctx.plan.describe(),
+                "resumed": resume is not None,
+                "tiles_done": ctx.tiles_done,
             },
         )
         mda = self.microscope.core.mda
@@ -327,7 +372,7 @@ class ScanRunner:
             if ctx.request.autofocus and not self._cancel.is_set():
                 self._engine.focus = self._focus_map(ctx)
             if not self._cancel.is_set():
-                mda.run(ctx.plan.sequence)
+                mda.run(self._events_to_run(ctx))
         except Exception as exc:  # a device fault or no focus found: the scan fails with it
             ctx.fail(f"{type(exc).__name__}: {exc}")
             log.error("scan %s: acquisition failed: %s", ctx.scan_id, exc)
@@ -344,6 +389,15 @@ class ScanRunner:
             if problems:
                 ctx.error += "; " + "; ".join(problems)
 
+    @staticmethod
+    def _events_to_run(ctx: _ScanContext) -> Any:
+        """The plan's sequence, or, resuming, its events for the tiles not done (each keeps
+        its grid index, so a tile keeps its number; the engine checks every move)."""
+        if ctx.resume is None:
+            return ctx.plan.sequence
+        done = ctx.resume.done
+        return [ev for ev in ctx.plan.sequence if ScanPlan.tile_index(ev) not in done]
+
     def _plan_for_chip(self, ctx: _ScanContext) -> ScanPlan:
         """The pre-pass: the chip's outline at the lowest magnification, then the tiles
         that meet it; the scan's row and the event stream learn both."""
@@ -359,6 +413,7 @@ class ScanRunner:
             plan.n_tiles,
             {
                 "chip_outline": outline.describe(),
+                "plan": plan.as_settings(),
                 "mda_sequence": plan.sequence.model_dump(mode="json"),
             },
         )
@@ -374,14 +429,21 @@ class ScanRunner:
         return plan
 
     def _focus_map(self, ctx: _ScanContext) -> FocusTracker:
-        """Autofocus over the region, fit the surface, and say so on the event stream."""
+        """Autofocus over the region, fit the surface, and say so on the event stream. A
+        resumed scan follows the surface it mapped (refocusing from there on schedule)."""
         cfg = self.focus_config
 
         def on_point(p: FocusPoint) -> None:
+            self.progressed_at = time.monotonic()
             self.publish("focus.point", {"scan_id": ctx.scan_id, **p.as_dict()})
 
         def on_refocus(doc: dict) -> None:
             self.publish("focus.refocused", {"scan_id": ctx.scan_id, **doc})
+
+        if ctx.resume is not None and ctx.resume.focus_surface is not None:
+            surface = FocusSurface.from_description(ctx.resume.focus_surface)
+            self.publish("focus.surface", {"scan_id": ctx.scan_id, **surface.describe()})
+            return FocusTracker(surface, cfg, on_refocus=on_refocus)
 
         inside = None
         if ctx.plan.polygon_um is not None:  # focus on the chip, not beside it
@@ -456,6 +518,7 @@ class ScanRunner:
         ctx.flakes += len(rows)
         ctx.per_class.update(r["flake_class"] for r in rows)
         self.current = ctx.progress()
+        self.progressed_at = time.monotonic()
         self.publish(
             "tile.processed",
             {

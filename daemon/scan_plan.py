@@ -131,6 +131,27 @@ class ScanPlan:
         """The tile (grid position) an event of this plan's sequence images."""
         return int(event.index.get("g", 0))
 
+    def as_settings(self) -> dict:
+        """Everything that lays the tiles, exactly (a resumed scan lays them again)."""
+        return {
+            "region_um": list(self.region_um),
+            "fov_um": list(self.fov_um),
+            "overlap_pct": self.overlap_pct,
+            "z_um": self.z_um,
+            "polygon_um": [list(p) for p in self.polygon_um] if self.polygon_um else None,
+        }
+
+    @classmethod
+    def from_settings(cls, d: dict) -> ScanPlan:
+        polygon = d.get("polygon_um")
+        return cls(
+            region_um=tuple(d["region_um"]),  # type: ignore[arg-type]
+            fov_um=tuple(d["fov_um"]),  # type: ignore[arg-type]
+            overlap_pct=d["overlap_pct"],
+            z_um=d.get("z_um"),
+            polygon_um=tuple(tuple(p) for p in polygon) if polygon else None,
+        )
+
     def describe(self) -> dict:
         return {
             "region_um": list(self.region_um),

@@ -37,12 +37,16 @@ from .protocol import (
     GotoFlakeParams,
     ProtocolError,
     RevisitParams,
+    ScanResumeParams,
     ScanStartParams,
     parse_request,
     reply,
 )
+from .resume import ResumePoint
 from .revisit import revisit_flake
-from .scan import ScanOutcome, ScanRunner
+from .scan import ScanOutcome, ScanRequest, ScanRunner
+from .scan_plan import ScanPlan
+from .sd_notify import Notifier
 from .state import DaemonState, StateMachine
 
 __all__ = ["Daemon", "StartupError"]
@@ -86,11 +90,17 @@ class Daemon:
         self._http: HttpServerThread | None = None
         self._revisit_cancel = threading.Event()
         self._revisit: threading.Thread | None = None
+        self.notify = Notifier()  # systemd (Type=notify); silent outside it
+        self._stall_logged = False
+        self._status_line = ""  # the last progress line systemd was told
 
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> None:
         """Database, model, hardware, then sockets: ready only when all are up."""
         cfg = self.config
+        self.notify.extend_timeout(
+            cfg.systemd.start_timeout_s, "starting: database, models (engine builds), hardware"
+        )
         self.components = open_components(cfg, self.state_dir, self._publish)
         if self.components.interrupted_scans:
             log.warning(
@@ -122,6 +132,11 @@ class Daemon:
             cfg.zmq.control,
             cfg.zmq.events,
             cfg.database_url(self.state_dir),
+        )
+        interrupted = self.components.interrupted_scans
+        self.notify.ready(
+            f"idle; control {cfg.zmq.control}"
+            + (f"; scans {interrupted} interrupted, resumable" if interrupted else "")
         )
 
     def _analysis_service(self) -> AnalysisService:
@@ -170,13 +185,17 @@ class Daemon:
     def close(self) -> None:
         """Stop a running scan or revisit (keeping what they wrote), release hardware and
         sockets."""
+        self.notify.stopping(f"stopping ({self.state.state})")
         if self._active is not None:
             if self.runner is not None:
                 self.runner.cancel()
             self._reap_scan()
         if self._revisit is not None and self._revisit.is_alive():
             self._revisit_cancel.set()  # after the flake in hand: its image is kept whole
+            self.notify.extend_timeout(150, "stopping: finishing the flake in hand")
             self._revisit.join(timeout=120)
+            if self._revisit.is_alive():
+                log.error("the revisit did not end within 120 s; closing the hardware under it")
         if self._http is not None:
             self._http.stop()
             self._http = None
@@ -184,6 +203,7 @@ class Daemon:
             self.components.close()
             self.components = None
         self._close_sockets()
+        self.notify.close()
 
     # -- main loop ------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -197,12 +217,49 @@ class Daemon:
                 self._reap_scan()
             if time.monotonic() >= next_beat:
                 self.events.publish("daemon.heartbeat", {"state": str(self.state.state)})
+                self._scan_status_line()
                 next_beat = time.monotonic() + self.config.zmq.heartbeat_s
+            if self.notify.watchdog_due():
+                self._watchdog()
             if not poller.poll(_POLL_MS):
                 continue
             raw, *frames = self.rep.recv_multipart()
             answer, extra = self.handle_frames(raw, frames)
             self.rep.send_multipart([json.dumps(answer, default=str).encode(), *extra])
+
+    def _watchdog(self) -> None:
+        """Ping systemd's watchdog if the daemon is getting somewhere: the control loop is
+        (it runs this), and a scan must have finished a tile or a focus point within
+        `[systemd] scan_stall_s`. A scan stuck on a device that never answers stops the
+        pings, and systemd restarts the daemon (the scan is then interrupted, resumable)."""
+        runner = self.runner
+        if self.state.state == DaemonState.SCANNING and runner is not None:
+            stalled = time.monotonic() - runner.progressed_at
+            if stalled > self.config.systemd.scan_stall_s:
+                if not self._stall_logged:
+                    log.error(
+                        "scan %s has made no progress for %.0f s: watchdog pings withheld",
+                        runner.current["scan_id"] if runner.current else "?",
+                        stalled,
+                    )
+                    self.notify.status(f"scan stalled for {stalled:.0f} s")
+                    self._stall_logged = True
+                return
+        self._stall_logged = False
+        self.notify.watchdog()
+
+    def _scan_status_line(self) -> None:
+        """`systemctl status` shows the scan's progress."""
+        cur = self.runner.current if self.runner is not None else None
+        if cur is None or self.state.state != DaemonState.SCANNING or self._stall_logged:
+            return
+        line = (
+            f"scanning: scan {cur['scan_id']}, {cur['tiles_done']}/{cur['tiles_planned']} "
+            f"tiles, {cur['flakes']} flakes"
+        )
+        if line != self._status_line:
+            self.notify.status(line)
+            self._status_line = line
 
     def handle(self, raw: bytes) -> dict[str, Any]:
         """One single-frame control request to its JSON reply; never raises."""
@@ -227,6 +284,7 @@ class Daemon:
     # -- state ----------------------------------------------------------------------------
     def _state_changed(self, old: DaemonState, new: DaemonState, reason: str) -> None:
         self.events.publish("daemon.state", {"from": str(old), "to": str(new), "reason": reason})
+        self.notify.status(f"{new}: {reason}" if reason else str(new))
 
     def _settle(self, out: ScanOutcome | None, reason: str = "") -> None:
         """A scan ended: record its outcome and leave the scanning/stopping state."""
@@ -279,19 +337,56 @@ class Daemon:
             return reply(False, f"scan refused: {exc}")
         scan_id = self.runner.open_scan(request, plan, scan_settings(self.config))
         self.state.set(DaemonState.SCANNING, f"scan {scan_id}")
+        self._run_scan(scan_id, request, plan)
+        return reply(True, f"scan {scan_id} started", scan_id=scan_id, **plan.describe())
+
+    def _do_scan_resume(self, p: ScanResumeParams) -> dict[str, Any]:
+        assert self.runner is not None and self.engine is not None
+        if not self.state.can(DaemonState.SCANNING):
+            return reply(False, f"cannot resume a scan while {self.state.state}")
+        if self._active is not None:
+            self._reap_scan()
+        scan_id = p.scan_id
+        if scan_id is None:
+            scans = list_scans(self.engine)
+            if not scans:
+                return reply(False, "scan_resume: there is no scan to resume")
+            scan_id = scans[-1]["id"]
+        try:
+            request, point = self.runner.reopen_scan(scan_id)
+        except KeyError:
+            return reply(False, f"scan_resume: no scan {scan_id}")
+        except (HardwareError, ValueError) as exc:
+            return reply(False, f"scan_resume refused: {exc}")
+        self.state.set(DaemonState.SCANNING, f"scan {scan_id} resumed")
+        self._run_scan(scan_id, request, point.plan, point)
+        return reply(
+            True,
+            f"scan {scan_id} resumed: {point.tiles_left} of {point.plan.n_tiles} tiles to do",
+            scan_id=scan_id,
+            resumed_from=point.status,
+            tiles_done=len(point.done),
+            **point.plan.describe(),
+        )
+
+    def _run_scan(
+        self, scan_id: int, request: ScanRequest, plan: ScanPlan, resume: ResumePoint | None = None
+    ) -> None:
+        """The scan in its own thread; the control loop goes on answering."""
         active = _ActiveScan(thread=threading.Thread(), scan_id=scan_id)
 
         def run() -> None:
             assert self.runner is not None
             try:
-                active.outcome = self.runner.run(scan_id, request, plan, on_outcome=self._settle)
+                active.outcome = self.runner.run(
+                    scan_id, request, plan, on_outcome=self._settle, resume=resume
+                )
             except Exception:
                 log.exception("scan %s crashed", scan_id)
 
         active.thread = threading.Thread(target=run, name=f"scan-{scan_id}", daemon=True)
         self._active = active
         active.thread.start()
-        return reply(True, f"scan {scan_id} started", scan_id=scan_id, **plan.describe())
 
     def _do_scan_stop(self, _params: object) -> dict[str, Any]:
         if self.state.state == DaemonState.REVISITING:
@@ -366,15 +461,16 @@ class Daemon:
             except Exception as exc:
                 log.exception("revisit failed")
                 reason = f"revisit failed: {type(exc).__name__}: {exc}"
-                self._publish("revisit.failed", {"reason": reason, "done": len(done)})
                 self.state.set(DaemonState.ERROR, reason)
+                self._publish("revisit.failed", {"reason": reason, "done": len(done)})
                 return
+            # The state first: whoever reacts to the last event finds the daemon settled.
             stopped = self._revisit_cancel.is_set()
+            self.state.set(DaemonState.IDLE, f"revisited {len(done)} flakes")
             self._publish(
                 "revisit.finished",
                 {"objective": objective, "flakes": done, "stopped": stopped},
             )
-            self.state.set(DaemonState.IDLE, f"revisited {len(done)} flakes")
 
         self._revisit = threading.Thread(target=run, name="revisit", daemon=True)
         self._revisit.start()

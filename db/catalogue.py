@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from flakescan.inference.pipeline import AXIS_FIELDS, Hit, TileResult
 
-from .models import Flake, FlakeImage, Scan, Tile, utcnow
+from .models import Flake, FlakeImage, Scan, Tile, row_dict, utcnow
 
 __all__ = ["CatalogueWriter"]
 
@@ -94,8 +94,15 @@ class CatalogueWriter:
     ) -> tuple[list[dict], list[dict]]:
         """Store a processed tile, its new flakes, and what it adds to flakes already
         logged (a flake larger than the overlap, seen again from this tile), in one
-        transaction. Returns the new rows and the updated rows."""
+        transaction. Returns the new rows and the updated rows.
+
+        Idempotent: a tile the scan already holds (a resumed scan asked again) is left as
+        it is and nothing is added (([], []) is returned), so no flake is ever logged twice.
+        """
         with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            done = select(Tile.id).where(Tile.scan_id == scan_id, Tile.tile_index == tile.index)
+            if s.scalar(done) is not None:
+                return [], []
             bg = (*tile.background, 0.0, 0.0, 0.0)[:3]
             row = Tile(
                 scan_id=scan_id,
@@ -111,6 +118,7 @@ class CatalogueWriter:
                 background_g=bg[1],
                 background_b=bg[2],
                 skipped_reason=tile.skipped_reason or "",
+                background_fraction=tile.background_fraction,
             )
             s.add(row)
             s.flush()
@@ -139,6 +147,26 @@ class CatalogueWriter:
             )
             s.flush()
             return [f.as_dict() for f in flakes], [f.as_dict() for f in updated]
+
+    def reopen_scan(self, scan_id: int, resumable: tuple[str, ...]) -> dict:
+        """Set an unfinished scan running again (a resume), if its status is one of
+        `resumable`; the resume is noted in its settings. Returns the scan's row; raises
+        KeyError for no such scan, ValueError (naming the status) for one not resumable."""
+        with Session(self.engine, expire_on_commit=False) as s, s.begin():
+            scan = s.get(Scan, scan_id)
+            if scan is None:
+                raise KeyError(f"no scan {scan_id}")
+            if scan.status not in resumable:
+                raise ValueError(
+                    f"scan {scan_id} is {scan.status}; only a scan that is "
+                    f"{' or '.join(resumable)} can be resumed"
+                )
+            resumes = json.loads(scan.settings_json or "{}").get("resumes", [])
+            note = {"at": utcnow().isoformat() + "Z", "status": scan.status, "reason": scan.reason}
+            _merge_settings(scan, {"resumes": [*resumes, note]})
+            scan.status, scan.reason, scan.finished_at = "running", "", None
+            s.flush()
+            return row_dict(scan)
 
     def add_scan_settings(self, scan_id: int, extra: dict) -> None:
         """Merge what the scan learnt as it started (its focus surface) into its settings."""

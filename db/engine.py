@@ -60,6 +60,7 @@ _ADDED_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
         ("flakes", "favourite", "BOOLEAN NOT NULL DEFAULT 0"),
         ("flakes", "annotated_at", "DATETIME"),
     ],
+    5: [("tiles", "background_fraction", "FLOAT")],
 }
 
 

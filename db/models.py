@@ -35,7 +35,7 @@ __all__ = [
 ]
 
 # Stored in PRAGMA user_version; bumped with every schema change (migrations in #8).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def utcnow() -> datetime:
@@ -111,6 +111,9 @@ class Tile(Base):
     background_g: Mapped[float] = mapped_column(Float)
     background_b: Mapped[float] = mapped_column(Float)
     skipped_reason: Mapped[str] = mapped_column(Text, default="")
+    # schema 5: the share of the tile that was bare wafer (a resumed scan learns the
+    # chip's wafer colour again from its finished tiles); NULL before schema 5
+    background_fraction: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     scan: Mapped[Scan] = relationship(back_populates="tiles")
 

@@ -7,9 +7,17 @@ from dataclasses import dataclass
 from sqlalchemy import ColumnElement, Engine, and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from .models import Flake, Scan, row_dict
+from .models import Flake, Scan, Tile, row_dict
 
-__all__ = ["ORDERS", "FlakeQuery", "find_flakes", "get_flake", "list_scans", "scan_summary"]
+__all__ = [
+    "ORDERS",
+    "FlakeQuery",
+    "find_flakes",
+    "get_flake",
+    "list_scans",
+    "scan_summary",
+    "scan_tiles",
+]
 
 # How results can be sorted: the figure, largest first (then by id, so pages are stable).
 ORDERS = {
@@ -136,3 +144,10 @@ def list_scans(engine: Engine) -> list[dict]:
             {**row_dict(sc, exclude=("settings_json",)), "flakes_per_class": counts[sc.id]}
             for sc in scans
         ]
+
+
+def scan_tiles(engine: Engine, scan_id: int) -> list[dict]:
+    """A scan's tiles in the order they were processed."""
+    with Session(engine) as s:
+        rows = s.scalars(select(Tile).where(Tile.scan_id == scan_id).order_by(Tile.id))
+        return [row_dict(t) for t in rows]

@@ -288,6 +288,23 @@ class FocusSurface:
             self.offset_um
         )
 
+    @classmethod
+    def from_description(cls, d: dict) -> FocusSurface:
+        """The surface `describe()` wrote (a resumed scan follows the one it mapped; the
+        focus points come back without their sweeps)."""
+        points = [
+            FocusPoint(p["x_um"], p["y_um"], p["z_um"], p["sharpness"], sweep=())
+            for p in d.get("points", [])
+        ]
+        return cls(
+            kind=d["kind"],
+            coefficients=tuple(d["coefficients"]),
+            centre_um=tuple(d["centre_um"]),  # type: ignore[arg-type]
+            residual_um=d["residual_um"],
+            points=points,
+            offset_um=d.get("offset_um", 0.0),
+        )
+
     def describe(self) -> dict:
         return {
             "kind": self.kind,

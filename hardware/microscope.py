@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import numpy as np
+import pymmcore
 from pymmcore_plus import CMMCorePlus
 
 from .config import ObjectiveConfig, TravelLimits
@@ -256,10 +257,18 @@ class Microscope:
         )
 
     def close(self) -> None:
-        """Release the devices (unload them from the core)."""
+        """Release the devices (unload them from the core) and stop the core calling back.
+
+        MMCore delivers some notifications from a thread of its own; one arriving while
+        the interpreter exits cannot take the GIL, and the forced unwind that follows is
+        swallowed by MMCore's catch-all, which aborts the process (SIGABRT, "exception not
+        rethrown"). pymmcore-plus unregisters its relay only when the core is collected,
+        which at exit may be too late: it is done here, once the devices are gone.
+        """
         try:
             self.core.unloadAllDevices()
         finally:
+            pymmcore.CMMCore.registerCallback(self.core, None)
             if self._on_close is not None:
                 self._on_close()
 

@@ -9,6 +9,7 @@ that are not (the chip edge); `start_chip()` forgets it.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,6 +85,7 @@ class TileResult:
     background: tuple[float, ...]
     skipped_reason: str | None
     timings_ms: dict[str, float]
+    background_fraction: float = 0.0  # of the tile that is bare wafer
 
 
 def _srgb_thumbnail(image: np.ndarray, bbox: tuple[int, int, int, int], white: float) -> np.ndarray:
@@ -126,6 +128,13 @@ class TilePipeline:
         """Forget the wafer colour: the next tiles may show another chip."""
         self.wafer_colour = None
 
+    def learn_wafer(self, colour: Sequence[float], fraction: float) -> None:
+        """A tile's background becomes the chip's wafer colour if the tile is mostly bare
+        wafer. A resumed scan replays its finished tiles' backgrounds through this, so it
+        goes on with the reference the interrupted scan had."""
+        if fraction >= CLEAN_TILE_FRACTION:
+            self.wafer_colour = np.asarray(colour, float)
+
     def _axis(self, contrast: np.ndarray, cand: Candidate) -> tuple[float | None, float | None]:
         h, w = contrast.shape[:2]
         r0, c0, r1, c1 = cand.bbox_px
@@ -165,8 +174,7 @@ class TilePipeline:
         t0 = time.perf_counter()
         image = frame.linear_image()
         pre = preselect(image, frame.pixel_size_um, self.preselection, self.wafer_colour)
-        if pre.background.fraction >= CLEAN_TILE_FRACTION:
-            self.wafer_colour = pre.background.colour
+        self.learn_wafer(pre.background.colour, pre.background.fraction)
         t1 = time.perf_counter()
         cands = pre.candidates
         scores = np.zeros((0, len(self.classifier.classes)), np.float32)
@@ -240,6 +248,7 @@ class TilePipeline:
             hits=hits,
             background=tuple(float(v) for v in pre.background.colour),
             skipped_reason=pre.skipped_reason,
+            background_fraction=float(pre.background.fraction),
             timings_ms={
                 "preselection": 1000 * (t1 - t0),
                 "classifier": 1000 * (t2 - t1),

@@ -139,6 +139,9 @@ class FaultSpec(BaseModel):
 
     xy_fail_on_move: int | None = Field(None, ge=1, description="n-th XY move raises")
     snap_fail_on_frame: int | None = Field(None, ge=1, description="n-th snap raises")
+    xy_stuck_on_move: int | None = Field(
+        None, ge=1, description="from the n-th XY move on, the stage reports busy for ever"
+    )
 
 
 class ReplayConfig(BaseModel):

@@ -7,8 +7,11 @@ daemon cannot tell them apart from hardware. The three share a `SimWorld`, the p
 
 from __future__ import annotations
 
+import hashlib
+import struct
 import threading
 import time
+from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -82,6 +85,10 @@ class StageState:
     frames: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: float = field(default_factory=time.monotonic)  # the focus-drift clock
+    _snaps_at: Counter = field(default_factory=Counter, repr=False)  # frames per spot
+    # Every target the stages were commanded to ("xy", (x, y)) / ("z", (z,)), in order:
+    # what the motion-safety tests audit.
+    commanded: deque = field(default_factory=lambda: deque(maxlen=100_000), repr=False)
 
     def __post_init__(self) -> None:
         self.z = _Motion((self.stage.focus_z_um,), (self.stage.focus_z_um,))
@@ -94,6 +101,18 @@ class StageState:
             if self.faults.snap_fail_on_frame and n >= self.faults.snap_fail_on_frame:
                 raise SimulatedFault(f"camera timeout: frame {n} never arrived")
         return n
+
+    def noise_draw(self, x_um: float, y_um: float, z_um: float) -> int:
+        """The camera's noise draw for a frame taken here: keyed by the position (to the
+        nanometre) and how often this spot was imaged before, so a frame is independent of
+        every other frame, yet the first image of a spot is the same in every run of a
+        seed: a scan resumed after a restart sees what the uninterrupted one saw."""
+        spot = tuple(round(v * 1000) for v in (x_um, y_um, z_um))
+        with self.lock:
+            repeat = self._snaps_at[spot]
+            self._snaps_at[spot] = repeat + 1
+        digest = hashlib.blake2b(struct.pack("<4q", *spot, repeat), digest_size=8).digest()
+        return int.from_bytes(digest, "little")
 
     def surface_z_um(self, x_um: float, y_um: float, now: float | None = None) -> float:
         """Height of the chip surface under the objective: tilted, bowed, and drifting."""
@@ -163,6 +182,7 @@ class SimXYStage(XYStageDevice):
     def set_position_um(self, x: float, y: float) -> None:
         w = self._world
         with w.lock:
+            w.commanded.append(("xy", (x, y)))
             w.xy_moves += 1
             if w.faults.xy_fail_on_move and w.xy_moves >= w.faults.xy_fail_on_move:
                 raise SimulatedFault(
@@ -176,7 +196,11 @@ class SimXYStage(XYStageDevice):
         return (x, y)
 
     def busy(self) -> bool:
-        return time.monotonic() < self._world.xy.t_settled
+        w = self._world
+        stuck = w.faults.xy_stuck_on_move
+        if stuck and w.xy_moves >= stuck:
+            return True  # a stuck busy flag: the controller never says it arrived
+        return time.monotonic() < w.xy.t_settled
 
     def home(self) -> None:
         self.set_position_um(0.0, 0.0)
@@ -205,6 +229,7 @@ class SimFocusStage(StageDevice):
     def set_position_um(self, val: float) -> None:
         w = self._world
         with w.lock:
+            w.commanded.append(("z", (val,)))
             w.z = w.z.towards((val,), w.stage.z_speed_um_s, 0.0)
 
     def get_position_um(self) -> float:
@@ -258,17 +283,18 @@ class SimCamera(ExposureCamera):
 
     def snap(self, buffer: np.ndarray) -> Mapping:
         w = self._world
-        n = w.next_frame()
+        w.next_frame()
         now = time.monotonic()
         sx, sy = w.xy.position(now)
         (z,) = w.z.position(now)
+        draw = w.noise_draw(sx, sy, z)
         # Exposure takes real time, as on a real camera.
         time.sleep(self._exposure_ms / 1000.0)
         # The objective in place looks a little aside of the stage and focuses a little off.
         x, y, dz = w.imaged_point(sx, sy)
         defocus = z - dz - w.surface_z_um(x, y, now)
         buffer[:] = w.renderer.render(
-            x, y, defocus_um=defocus, exposure_ms=self._exposure_ms, frame_index=n
+            x, y, defocus_um=defocus, exposure_ms=self._exposure_ms, frame_index=draw
         )
         return {
             "SimStageX_um": f"{x:.3f}",

@@ -95,7 +95,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
     """Factory: start_daemon(extra_config) -> DaemonProcess, stopped after the test."""
     started: list[DaemonProcess] = []
 
-    def start(extra: dict | None = None, name: str = "d") -> DaemonProcess:
+    def start(extra: dict | None = None, name: str = "d", env: dict | None = None) -> DaemonProcess:
         control = f"tcp://127.0.0.1:{free_port()}"
         events = f"tcp://127.0.0.1:{free_port()}"
         state_dir = tmp_path / f"state-{name}"
@@ -117,7 +117,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
                 [sys.executable, "-m", "flakescan.daemon", "daemon", "--config", str(path)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
         d = DaemonProcess(proc, path, state_dir, control, events, log_path)
         started.append(d)

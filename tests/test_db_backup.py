@@ -6,6 +6,7 @@ import sqlite3
 import threading
 
 from flakescan.daemon.cli import main
+from flakescan.db.models import SCHEMA_VERSION
 from tests.test_db import catalogue, hit, record  # noqa: F401 (catalogue: a fixture)
 
 
@@ -33,7 +34,7 @@ def test_a_backup_taken_during_writes_is_whole_and_checked(catalogue, tmp_path, 
     # A moment of the catalogue: at least what was there before, one flake per tile.
     assert 100 <= tiles <= 400 and flakes == tiles
     assert copy.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert copy.execute("PRAGMA user_version").fetchone()[0] == 4
+    assert copy.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     capsys.readouterr()
     assert main(["db", "backup", str(db), "--db", str(db)]) == 2
     assert "is the database itself" in capsys.readouterr().err

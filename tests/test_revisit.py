@@ -104,7 +104,7 @@ def test_the_daemon_revisits_the_top_hits_and_keeps_their_images(start_daemon, t
         first = sub.next(timeout_s=60)
     assert first is not None and first["topic"] == "revisit.flake"
     assert d.client.request("shutdown")["success"]
-    assert d.proc.wait(timeout=120) == 0
+    assert d.proc.wait(timeout=120) == 0, d.log()
     con = sqlite3.connect(d.db_path)
     paths = [Path(p) for (p,) in con.execute("SELECT path FROM flake_images")]
     assert 4 <= len(paths) < 3 + 5  # stopped early, after the flake it was on
