@@ -37,10 +37,22 @@ $(VENV)/.browser-installed: | $(BIN)/python
 	else echo "no chromium (Debian package 'chromium'): the browser form's test will skip"; fi
 	@if command -v chromium >/dev/null 2>&1; then touch $@; fi
 
+# The PostgreSQL tests start a server of their own from Debian's binaries
+# (/usr/lib/postgresql/*/bin): installed here when missing and we are root (CI); otherwise
+# those tests skip, saying why.
+$(VENV)/.postgres-installed: | $(BIN)/python
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q postgresql >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q postgresql >/dev/null; }; \
+	else echo "no PostgreSQL server (Debian package 'postgresql'): its tests will skip"; fi
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then touch $@; fi
+
 demo: $(VENV)/.runtime-installed
 	$(BIN)/flakescan demo --config service.toml --state-dir $(DEMO_STATE)
 
-test: $(VENV)/.dev-installed $(VENV)/.browser-installed
+test: $(VENV)/.dev-installed $(VENV)/.browser-installed $(VENV)/.postgres-installed
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.dev-installed

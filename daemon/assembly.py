@@ -84,7 +84,7 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
         lock.release()
         raise StartupError(f"database {url}: {exc}") from exc
     try:
-        writer = CatalogueWriter(engine)
+        writer = CatalogueWriter(engine, cfg.instrument)
         interrupted = writer.mark_interrupted()
         engines = state_dir / "engines"
         try:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import images_dir, load_config, resolve_state_dir
+from .keys_cli import add_client_security_options
 from .output import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from .output import err as _err
 
@@ -115,8 +116,10 @@ def cmd_flake(args: argparse.Namespace) -> int:
     if args.db:
         return _annotate_directly(args, changes)
     from .client import ControlClient, DaemonUnreachable
+    from .keys_cli import configure_client
 
     cfg = load_config(args.config)
+    configure_client(args, cfg)
     params = {"flake_id": args.flake_id, "append_note": args.append, **changes}
     try:
         answer = ControlClient(args.control or cfg.zmq.control, timeout_s=args.timeout).request(
@@ -205,10 +208,26 @@ def cmd_overview(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     """Catalogue maintenance: `db backup OUT` copies the live SQLite catalogue consistently
-    (SQLite's online backup, checked before it takes its name)."""
+    (SQLite's online backup, checked before it takes its name); `db current` says which
+    migration the catalogue is at; `db upgrade` applies the pending ones (the daemon does
+    at start)."""
     from flakescan.db.backup import backup_sqlite
+    from flakescan.db.engine import SchemaVersionError, open_database
+    from flakescan.db.migrate import describe
 
     url = database_url(args)
+    if args.action in ("current", "upgrade"):
+        if args.action == "upgrade":
+            try:
+                open_database(url, create=False).dispose()
+            except SchemaVersionError as exc:
+                _err(str(exc))
+                return EXIT_FAIL
+        print(json.dumps(describe(url), indent=1))
+        return EXIT_OK
+    if args.out is None:
+        _err("db backup: give the backup file, e.g. flakescan db backup /backups/flakes.db")
+        return EXIT_USAGE
     if not url.startswith("sqlite:///"):
         _err(f"db backup copies SQLite catalogues; {url.split('://')[0]} has its own tools")
         return EXIT_USAGE
@@ -273,6 +292,7 @@ def add_catalogue_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
     )
     fav.add_argument("--no-favourite", dest="favourite", action="store_const", const=False)
     sp.add_argument("--control", help="control endpoint (default: from config)")
+    add_client_security_options(sp)
     sp.add_argument("--timeout", type=float, default=10.0)
 
     sp = add("export", cmd_export)
@@ -283,8 +303,8 @@ def add_catalogue_commands(add: Callable[..., argparse.ArgumentParser]) -> None:
 
     sp = add("db", cmd_db)
     _add_db(sp)
-    sp.add_argument("action", choices=["backup"])
-    sp.add_argument("out", type=Path, help="the backup file")
+    sp.add_argument("action", choices=["backup", "current", "upgrade"])
+    sp.add_argument("out", type=Path, nargs="?", help="db backup: the backup file")
 
     sp = add("overview", cmd_overview)
     _add_db(sp)

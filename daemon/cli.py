@@ -21,6 +21,7 @@ from .analyze import ANALYSES
 from .calibrate_cli import add_calibrate_command
 from .catalogue_cli import add_catalogue_commands, database_url
 from .config import ConfigError, ServiceConfig, load_config, resolve_state_dir
+from .keys_cli import add_client_security_options, add_keys_command, configure_client
 from .output import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from .output import err as _err
 from .systemd import JournalFormatter, add_install_service_command, use_journal
@@ -38,7 +39,9 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
 
 
 def _endpoints(args: argparse.Namespace) -> tuple[str, str]:
+    """The daemon's endpoints; the clients of this process get their keys and lock token."""
     cfg = _config(args)
+    configure_client(args, cfg)
     return (args.control or cfg.zmq.control, args.events or cfg.zmq.events)
 
 
@@ -234,6 +237,17 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     return _control_call(args, "shutdown")
 
 
+def cmd_lock(args: argparse.Namespace) -> int:
+    """Take the control lock ([zmq] control_lock); prints the token that later commands
+    pass as --lock-token (or $FLAKESCAN_LOCK_TOKEN)."""
+    return _control_call(args, "lock", {"holder": args.holder, "steal": args.steal})
+
+
+def cmd_unlock(args: argparse.Namespace) -> int:
+    """Release the control lock (give its token with --lock-token)."""
+    return _control_call(args, "unlock")
+
+
 def cmd_goto(args: argparse.Namespace) -> int:
     """Drive the stage to a flake of the catalogue; with --objective, image it there,
     re-centred by registration, and keep the image with the flake."""
@@ -409,6 +423,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from .dashboard import run_dashboard
 
     cfg = _config(args)
+    configure_client(args, cfg)  # its relay and status calls reach a CURVE daemon too
     run_dashboard(cfg, resolve_state_dir(cfg, args.state_dir), args.host, args.port)
     return EXIT_OK
 
@@ -470,6 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--control", help="control endpoint (default: from config)")
         sp.add_argument("--events", help="events endpoint (default: from config)")
         sp.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply")
+        add_client_security_options(sp)
 
     sp = add("daemon", cmd_daemon)
     sp.add_argument("--state-dir", type=Path, help="state directory (database, thumbnails)")
@@ -512,6 +528,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, func in (("status", cmd_status), ("stop", cmd_stop), ("shutdown", cmd_shutdown)):
         endpoints(add(name, func))
+    sp = add("lock", cmd_lock)
+    endpoints(sp)
+    sp.add_argument("--holder", required=True, help="who takes control (a name people know)")
+    sp.add_argument("--steal", action="store_true", help="take it from whoever holds it")
+    endpoints(add("unlock", cmd_unlock))
+    add_keys_command(add)
     sp = add("goto", cmd_goto)
     endpoints(sp)
     sp.add_argument("flake_id", type=int)
@@ -636,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="address (default: [dashboard] host, loopback)")
     sp.add_argument("--port", type=int, help="port (default: [dashboard] port, 8766)")
     sp.add_argument("--state-dir", type=Path, help="the daemon's state directory")
+    add_client_security_options(sp)
 
     sp = add("serve", cmd_serve)
     sp.add_argument("--host", help="address (default: [http] host, loopback)")

@@ -33,6 +33,7 @@ __all__ = [
     "ServiceConfig",
     "ZmqConfig",
     "images_dir",
+    "keys_dir",
     "load_config",
     "presets_dir",
     "resolve_state_dir",
@@ -79,8 +80,19 @@ class ZmqConfig(BaseModel):
 
     control: str = "tcp://127.0.0.1:5555"
     events: str = "tcp://127.0.0.1:5556"
-    # The control socket moves a stage: off loopback only when asked for explicitly.
+    # The control socket moves a stage: off loopback only when asked for explicitly, and
+    # then only with CURVE.
     allow_remote: bool = False
+    # Encrypt both sockets and let in only the client keys on the allow-list (ZAP);
+    # `flakescan keys init` makes the daemon's keys. Required off loopback.
+    curve: bool = False
+    keys_dir: Path | None = None  # default: <state_dir>/keys
+    # One controlling client at a time (`lock` / `unlock`); readers are never locked out.
+    control_lock: bool = False
+    lock_idle_s: float = Field(600.0, gt=0, le=86400)  # a quiet holder loses the lock
+    # Events queued per subscriber before a subscriber that stopped reading loses them
+    # (the PUB socket's SNDHWM): about a minute of a busy scan at 10,000 events/min.
+    events_queue: int = Field(10_000, ge=100, le=10_000_000)
     # Clients wait up to 10 s for the first heartbeat: keep well below.
     heartbeat_s: float = Field(1.0, gt=0, le=5)
 
@@ -93,10 +105,17 @@ class ZmqConfig(BaseModel):
                 raise ValueError(f"{key} = {ep!r}: expected tcp://host:port or ipc://path")
             if parsed.scheme == "tcp" and parsed.port is None:
                 raise ValueError(f"{key} = {ep!r}: a tcp endpoint needs a port")
-            if not self.allow_remote and not _is_loopback(ep):
+            if _is_loopback(ep):
+                continue
+            if not self.allow_remote:
                 raise ValueError(
                     f"{key} = {ep!r} is not a loopback address; set allow_remote = true "
                     "to listen on the network"
+                )
+            if not self.curve:
+                raise ValueError(
+                    f"{key} = {ep!r} is off loopback: set curve = true (and run `flakescan "
+                    "keys init`), so only clients with an allowed key get in"
                 )
         if self.control == self.events:
             raise ValueError(f"control and events must differ, both are {self.control!r}")
@@ -128,10 +147,12 @@ class HttpConfig(BaseModel):
     allow_remote: bool = False
     max_upload_mb: float = Field(64.0, gt=0, le=4096)
     workers: int = Field(2, ge=1, le=64, description="analyses run at once; others queue")
+    # A file holding the access token (Authorization: Bearer); required off loopback.
+    token_file: Path | None = None
 
     @model_validator(mode="after")
     def _loopback(self) -> HttpConfig:
-        _check_served_host(self.host, self.allow_remote)
+        _check_served_host(self.host, self.allow_remote, self.token_file)
         return self
 
 
@@ -144,18 +165,26 @@ class DashboardConfig(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8766, ge=0, le=65535)
     allow_remote: bool = False
+    token_file: Path | None = None  # required off loopback, as for [http]
 
     @model_validator(mode="after")
     def _loopback(self) -> DashboardConfig:
-        _check_served_host(self.host, self.allow_remote)
+        _check_served_host(self.host, self.allow_remote, self.token_file)
         return self
 
 
-def _check_served_host(host: str, allow_remote: bool) -> None:
-    if not allow_remote and not _is_loopback(f"tcp://{host}:1"):
+def _check_served_host(host: str, allow_remote: bool, token_file: Path | None) -> None:
+    if _is_loopback(f"tcp://{host}:1"):
+        return
+    if not allow_remote:
         raise ValueError(
             f"host = {host!r} is not a loopback address; set allow_remote = true "
             "to serve on the network"
+        )
+    if token_file is None:
+        raise ValueError(
+            f"host = {host!r} is off loopback: set token_file (a file holding the access "
+            "token: `flakescan keys token FILE` makes one)"
         )
 
 
@@ -203,6 +232,7 @@ class ServiceConfig(BaseModel):
             raise ValueError("scan.region_um is required with the mmconfig backend")
         if self.hardware.backend == "replay" and self.replay is None:
             raise ValueError("backend 'replay' needs a [replay] section with mosaic or tiles")
+        self.hardware.check_against(self.travel_limits)  # park and home inside the limits
         return self
 
     def database_url(self, state_dir: Path) -> str:
@@ -230,6 +260,11 @@ def _resolve_relative(cfg: ServiceConfig, base: Path) -> ServiceConfig:
     updates: dict[str, Any] = {}
     if cfg.state_dir is not None and not cfg.state_dir.expanduser().is_absolute():
         updates["state_dir"] = base / cfg.state_dir
+    for section, key in (("zmq", "keys_dir"), ("http", "token_file"), ("dashboard", "token_file")):
+        sec = updates.get(section, getattr(cfg, section))
+        value = getattr(sec, key)
+        if value is not None and not value.expanduser().is_absolute():
+            updates[section] = sec.model_copy(update={key: base / value})
     models, hardware = cfg.models, cfg.hardware
     md: dict[str, Any] = {}
     for key in ("classifier", "axis", "engine_cache"):
@@ -283,6 +318,11 @@ def load_config(
     except ValidationError as exc:
         raise ConfigError("\n".join(_format_error(e, source) for e in exc.errors())) from None
     return _resolve_relative(cfg, base)
+
+
+def keys_dir(cfg: ServiceConfig, state_dir: Path) -> Path:
+    """The CURVE key folder: `[zmq] keys_dir`, or `<state_dir>/keys`."""
+    return (cfg.zmq.keys_dir or state_dir / "keys").expanduser()
 
 
 def images_dir(state_dir: Path) -> Path:

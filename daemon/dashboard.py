@@ -28,8 +28,9 @@ from sqlalchemy.orm import Session
 from flakescan.db.engine import open_database
 from flakescan.db.models import Flake, Scan, Tile, row_dict
 
-from .client import ControlClient, DaemonUnreachable
+from .client import ControlClient, DaemonUnreachable, current_security
 from .config import DashboardConfig, ServiceConfig, images_dir, with_address
+from .http_token import read_token, require_token
 from .overview import preview_path, scan_folder
 from .uvicorn_thread import UvicornThread
 
@@ -70,6 +71,8 @@ class EventRelay:
     def _run(self) -> None:
         sock = zmq.Context.instance().socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
+        if (curve := current_security().curve) is not None:
+            curve.apply(sock)
         sock.setsockopt_string(zmq.SUBSCRIBE, "")
         sock.connect(self.endpoint)
         try:
@@ -119,9 +122,14 @@ def _plan(scan: Scan) -> dict[str, Any]:
 
 
 def create_dashboard(
-    events_endpoint: str, control_endpoint: str, database_url: str, images_root: Path
+    events_endpoint: str,
+    control_endpoint: str,
+    database_url: str,
+    images_root: Path,
+    token: str | None = None,
 ) -> tuple[FastAPI, EventRelay]:
-    """The dashboard app and its relay (started with the app, stopped with it)."""
+    """The dashboard app and its relay (started with the app, stopped with it); with a
+    token, every request must present it (http_token.py)."""
     relay = EventRelay(events_endpoint)
     engine = open_database(database_url, create=False)
 
@@ -193,6 +201,8 @@ def create_dashboard(
             raise HTTPException(404, f"no thumbnail of flake {flake_id}")
         return FileResponse(path, media_type="image/png")
 
+    if token is not None:
+        require_token(app, token)
     return app, relay
 
 
@@ -200,8 +210,9 @@ def run_dashboard(cfg: ServiceConfig, state_dir: Path, host: str | None, port: i
     """Serve the dashboard until interrupted (`flakescan dashboard`)."""
     d = with_address(cfg.dashboard, host, port)
     assert isinstance(d, DashboardConfig)
+    token = read_token(d.token_file) if d.token_file is not None else None
     app, _ = create_dashboard(
-        cfg.zmq.events, cfg.zmq.control, cfg.database_url(state_dir), images_dir(state_dir)
+        cfg.zmq.events, cfg.zmq.control, cfg.database_url(state_dir), images_dir(state_dir), token
     )
     server = UvicornThread(app, d.host, d.port, name="dashboard")
     log.info("dashboard on http://%s:%s", d.host, d.port)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,7 +48,12 @@ def make_event(seq: int, topic: str, instrument: str, data: dict[str, Any]) -> d
 
 
 class EventPublisher:
-    """Publishes events from any thread: sends are serialised by a lock."""
+    """Publishes events from any thread: sends are serialised by a lock.
+
+    The PUB socket never blocks: a subscriber that stops reading has its own queue (the
+    socket's SNDHWM) filled and then loses events, which its `seq` gaps show; the scan and
+    every other subscriber go on unaffected.
+    """
 
     def __init__(self, socket: zmq.Socket | None, instrument: str) -> None:
         self._socket = socket
@@ -65,3 +72,11 @@ class EventPublisher:
                     [topic.encode(), json.dumps(event, default=str).encode()]
                 )
         return event
+
+    @contextmanager
+    def hold(self) -> Iterator[int]:
+        """No event leaves while held; yields the seq of the last one that left. A snapshot
+        read under it is at least as new as that event: a late joiner applies the events
+        after it (some may repeat what the snapshot holds: they are upserts by id)."""
+        with self._lock:
+            yield self.seq

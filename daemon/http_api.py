@@ -33,6 +33,7 @@ from flakescan.inference.analysis import (
 from flakescan.inference.registry import ModelNotFound
 
 from .config import HttpConfig, ServiceConfig, with_address
+from .http_token import read_token, require_token
 from .uvicorn_thread import UvicornThread
 
 __all__ = ["HttpServerThread", "create_app", "run_server"]
@@ -189,6 +190,8 @@ def create_app(cfg: ServiceConfig, service: AnalysisService | None = None) -> Fa
     async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
         return JSONResponse({"detail": _field_errors(exc)}, status_code=422)
 
+    if cfg.http.token_file is not None:  # added last: checked first, before any upload
+        require_token(app, read_token(cfg.http.token_file))
     return app
 
 

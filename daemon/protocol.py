@@ -1,5 +1,7 @@
 """The control protocol: JSON `{"method": ..., "params": {...}}` in, `{"success", "msg", ...}` out.
 
+A request may carry `"token"`: the control lock's (see control_lock.py), when it is on.
+
 After bluesky-queueserver's envelope: every method has a params model with no extra keys
 allowed, so a misspelt parameter is an error that names it, never silently ignored.
 """
@@ -7,6 +9,7 @@ allowed, so a misspelt parameter is an error that names it, never silently ignor
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,9 +27,12 @@ __all__ = [
     "FlakeAnnotateParams",
     "FlakesParams",
     "GotoFlakeParams",
+    "LockParams",
     "ProtocolError",
+    "Request",
     "RevisitParams",
     "ScanStartParams",
+    "parse_envelope",
     "parse_request",
     "reply",
 ]
@@ -137,6 +143,13 @@ class AnalyzeParams(_Params):
     picture: bool = False  # the validation pictures as PNG frames after the JSON
 
 
+class LockParams(_Params):
+    """Take the control lock (`[zmq] control_lock`) as `holder` (a person or program)."""
+
+    holder: str = Field(..., min_length=1, max_length=64)
+    steal: bool = False  # take it from whoever holds it (logged)
+
+
 METHODS: dict[str, type[_Params]] = {
     "status": EmptyParams,
     "scan_start": ScanStartParams,
@@ -149,6 +162,9 @@ METHODS: dict[str, type[_Params]] = {
     "scans": EmptyParams,
     "shutdown": EmptyParams,
     "analyze": AnalyzeParams,
+    "snapshot": EmptyParams,
+    "lock": LockParams,
+    "unlock": EmptyParams,
 }
 
 
@@ -156,19 +172,36 @@ def reply(success: bool, msg: str = "", **fields: Any) -> dict[str, Any]:
     return {"success": success, "msg": msg, **fields}
 
 
+@dataclass(frozen=True)
+class Request:
+    method: str
+    params: _Params
+    token: str | None = None
+
+
 def parse_request(raw: bytes) -> tuple[str, _Params]:
     """Decode and validate a request; ProtocolError says what is wrong with it."""
+    req = parse_envelope(raw)
+    return req.method, req.params
+
+
+def parse_envelope(raw: bytes) -> Request:
+    """A request with its lock token; ProtocolError says what is wrong with it."""
     try:
         obj = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ProtocolError(f"malformed JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"request must be a JSON object, got {type(obj).__name__}")
-    unknown = set(obj) - {"method", "params"}
+    unknown = set(obj) - {"method", "params", "token"}
     if unknown:
         raise ProtocolError(
-            f"unknown request keys {sorted(unknown)}; expected 'method' and 'params'"
+            f"unknown request keys {sorted(unknown)}; expected 'method', 'params' and "
+            "optionally 'token'"
         )
+    token = obj.get("token")
+    if token is not None and not isinstance(token, str):
+        raise ProtocolError(f"'token' must be a string, got {type(token).__name__}")
     method = obj.get("method")
     if not isinstance(method, str):
         raise ProtocolError(f"'method' must be a string, got {method!r}")
@@ -181,7 +214,7 @@ def parse_request(raw: bytes) -> tuple[str, _Params]:
     if not isinstance(params, dict):
         raise ProtocolError(f"'params' must be an object, got {type(params).__name__}")
     try:
-        return method, model.model_validate(params)
+        return Request(method, model.model_validate(params), token)
     except ValidationError as exc:
         problems = []
         for e in exc.errors():

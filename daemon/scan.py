@@ -6,7 +6,9 @@ tile's processing and a slow pipeline throttles acquisition instead of filling m
 worker runs the tile pipeline, keeps the hits the tile owns, writes the tile and its flakes
 in one transaction, and only then publishes `tile.processed` and `flake.found`: every event
 has its row. A fault anywhere cancels the acquisition and fails the scan with the reason;
-what was written stays.
+what was written stays. Device faults the fault policy cured (retries, re-homes) are counted
+and recorded with the outcome; and a scan is `completed` only if the catalogue holds every
+planned tile, checked against the tiles table at the end, whatever the counters say.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import numpy as np
 from PIL import Image
 from shapely.geometry import Point, Polygon
 from shapely.prepared import prep
+from sqlalchemy import select
 
 from flakescan.db.catalogue import CatalogueWriter
-from flakescan.db.models import utcnow
+from flakescan.db.models import Tile, utcnow
 from flakescan.hardware.engine import StrictMDAEngine
 from flakescan.hardware.focus import (
     FocusConfig,
@@ -84,11 +87,14 @@ class ScanOutcome:
     elapsed_s: float
     overview: str | None = None  # the overview map's path, None if it could not be made
     focus: dict[str, Any] | None = None  # the focus surface, when the scan autofocused
+    # Device faults the fault policy cured: retries per kind, re-homes (nonzero only).
+    faults: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "overview": self.overview,
             "focus": self.focus,
+            "faults": dict(self.faults),
             "scan_id": self.scan_id,
             "status": self.status,
             "reason": self.reason,
@@ -255,6 +261,7 @@ class ScanRunner:
             ctx.per_class, ctx.sightings = Counter(resume.per_class), resume.sightings
         self.current = ctx.progress()
         self.progressed_at = time.monotonic()
+        self.microscope.reset_fault_counts()
         try:
             self.pipeline.preselection = self._preselection_for(request)
             self._acquire_and_process(ctx)
@@ -263,8 +270,12 @@ class ScanRunner:
             ctx.fail(f"scan crashed: {type(exc).__name__}: {exc}")
         finally:
             self.pipeline.preselection = self._preselection
+            self.microscope.faults.tile = None
         status, reason = self._verdict(ctx)
+        faults = self.microscope.fault_counts()
         try:
+            if faults:
+                self.writer.add_scan_settings(scan_id, {"faults": faults})
             self.writer.finish_scan(scan_id, status, reason)
         except Exception as exc:
             log.exception("scan %s: closing it in the database failed", scan_id)
@@ -280,6 +291,7 @@ class ScanRunner:
             elapsed_s=time.monotonic() - t0,
             overview=self._overview(ctx),
             focus=ctx.focus,
+            faults=faults,
         )
         self.current = None
         if on_outcome is not None:
@@ -303,14 +315,32 @@ class ScanRunner:
         return str(info.path)
 
     def _verdict(self, ctx: _ScanContext) -> tuple[str, str]:
-        """Status and reason: a scan is complete only if every tile was processed."""
+        """Status and reason: a scan is complete only if every tile was processed and
+        every planned tile is in the catalogue."""
         if ctx.error is not None:
             return "failed", ctx.error
         if ctx.tiles_done < ctx.plan.n_tiles:
             if self._cancel.is_set():
                 return "stopped", "stopped on request"
             return "failed", f"only {ctx.tiles_done} of {ctx.plan.n_tiles} tiles were processed"
+        try:
+            missing = self._missing_tiles(ctx)
+        except Exception as exc:
+            log.exception("scan %s: reading back its tiles failed", ctx.scan_id)
+            return "failed", f"could not check that every tile is in the catalogue: {exc}"
+        if missing:
+            shown = ", ".join(str(i) for i in missing[:20]) + (", ..." if len(missing) > 20 else "")
+            return "failed", f"{len(missing)} tiles missing from the catalogue: indices {shown}"
         return "completed", ""
+
+    def _missing_tiles(self, ctx: _ScanContext) -> list[int]:
+        """The planned tiles the catalogue does not hold (the invariant of `completed`)."""
+        planned = {ScanPlan.tile_index(ev) for ev in ctx.plan.sequence}
+        with self.writer.engine.connect() as con:
+            stored = set(
+                con.execute(select(Tile.tile_index).where(Tile.scan_id == ctx.scan_id)).scalars()
+            )
+        return sorted(planned - stored)
 
     def _acquire_and_process(self, ctx: _ScanContext) -> None:
         """The MDA runner acquires in this thread; a worker thread processes."""

@@ -22,24 +22,27 @@ from typing import TYPE_CHECKING, Any
 import zmq
 from sqlalchemy import Engine
 
-from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans
+from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans, scan_tiles
 from flakescan.hardware.errors import HardwareError
 from flakescan.hardware.microscope import Microscope
 
 from .assembly import Components, StartupError, open_components, scan_request, scan_settings
-from .config import ServiceConfig, images_dir
+from .config import ServiceConfig, images_dir, keys_dir
+from .control_lock import ControlLock, LockRefused
 from .events import EventPublisher
+from .keys import KeyStore, KeyStoreError
 from .protocol import (
     AnalyzeInput,
     AnalyzeParams,
     FlakeAnnotateParams,
     FlakesParams,
     GotoFlakeParams,
+    LockParams,
     ProtocolError,
     RevisitParams,
     ScanResumeParams,
     ScanStartParams,
-    parse_request,
+    parse_envelope,
     reply,
 )
 from .resume import ResumePoint
@@ -55,6 +58,7 @@ if TYPE_CHECKING:
     from flakescan.inference.analysis import AnalysisService, Upload
 
     from .http_api import HttpServerThread
+    from .zap import CurveGuard
 
 log = logging.getLogger(__name__)
 _POLL_MS = 100
@@ -93,6 +97,8 @@ class Daemon:
         self.notify = Notifier()  # systemd (Type=notify); silent outside it
         self._stall_logged = False
         self._status_line = ""  # the last progress line systemd was told
+        self._curve: CurveGuard | None = None
+        self.lock = ControlLock(config.zmq.lock_idle_s) if config.zmq.control_lock else None
 
     # -- start and stop -------------------------------------------------------------------
     def start(self) -> None:
@@ -108,13 +114,8 @@ class Daemon:
                 self.components.interrupted_scans,
             )
         try:
-            self.rep = self._ctx.socket(zmq.REP)
-            self.rep.setsockopt(zmq.LINGER, 0)
-            self.rep.bind(cfg.zmq.control)
-            self.pub = self._ctx.socket(zmq.PUB)
-            self.pub.setsockopt(zmq.LINGER, 1000)
-            self.pub.bind(cfg.zmq.events)
-        except zmq.ZMQError as exc:
+            self._bind_sockets()
+        except (zmq.ZMQError, KeyStoreError) as exc:
             self._close_sockets()
             self.components.close()
             raise StartupError(
@@ -139,6 +140,26 @@ class Daemon:
             + (f"; scans {interrupted} interrupted, resumable" if interrupted else "")
         )
 
+    def _bind_sockets(self) -> None:
+        """Control (REP) and events (PUB); with `[zmq] curve` both are CURVE servers that
+        let in only allow-listed keys. The PUB socket drops, never blocks, for a
+        subscriber that stops reading (its queue: `events_queue`)."""
+        cfg = self.config.zmq
+        if cfg.curve:
+            from .zap import CurveGuard
+
+            self._curve = CurveGuard(self._ctx, KeyStore(keys_dir(self.config, self.state_dir)))
+        self.rep = self._ctx.socket(zmq.REP)
+        self.rep.setsockopt(zmq.LINGER, 0)
+        self.pub = self._ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 1000)
+        self.pub.setsockopt(zmq.SNDHWM, cfg.events_queue)
+        if self._curve is not None:
+            self._curve.secure(self.rep)
+            self._curve.secure(self.pub)
+        self.rep.bind(cfg.control)
+        self.pub.bind(cfg.events)
+
     def _analysis_service(self) -> AnalysisService:
         from flakescan.inference.analysis import AnalysisService
 
@@ -150,10 +171,10 @@ class Daemon:
         """`[http] enabled`: the analysis service over HTTP on the daemon's own models."""
         from .http_api import HttpServerThread
 
-        self._http = HttpServerThread(self.config, self._analysis_service())
         try:
+            self._http = HttpServerThread(self.config, self._analysis_service())
             url = self._http.start()
-        except RuntimeError as exc:
+        except (RuntimeError, ValueError) as exc:
             self._http = None
             self._close_sockets()
             assert self.components is not None
@@ -181,6 +202,9 @@ class Daemon:
             if sock is not None:
                 sock.close()
         self.rep = self.pub = None
+        if self._curve is not None:
+            self._curve.stop()
+            self._curve = None
 
     def close(self) -> None:
         """Stop a running scan or revisit (keeping what they wrote), release hardware and
@@ -200,10 +224,28 @@ class Daemon:
             self._http.stop()
             self._http = None
         if self.components is not None:
+            self._park()
             self.components.close()
             self.components = None
         self._close_sockets()
         self.notify.close()
+
+    def _park(self) -> None:
+        """The stage where it is safe before the daemon lets go of it: Z up to the park
+        plane, XY to `[hardware.park] xy_um` if set. A device fault is logged, not raised:
+        what was written is already committed, and the exit stays clean."""
+        assert self.components is not None
+        if self._revisit is not None and self._revisit.is_alive():
+            log.error("not parking: the revisit still drives the stage")
+            return
+        self.notify.extend_timeout(60, "stopping: parking the stage")
+        try:
+            parked = self.components.microscope.park()
+        except Exception:  # never let a broken stage keep the daemon from exiting
+            log.exception("parking the stage failed")
+            return
+        if parked.get("problems"):
+            log.error("stage not fully parked: %s", "; ".join(parked["problems"]))
 
     # -- main loop ------------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -223,8 +265,10 @@ class Daemon:
                 self._watchdog()
             if not poller.poll(_POLL_MS):
                 continue
-            raw, *frames = self.rep.recv_multipart()
-            answer, extra = self.handle_frames(raw, frames)
+            first, *rest = self.rep.recv_multipart(copy=False)
+            answer, extra = self.handle_frames(
+                first.bytes, [f.bytes for f in rest], peer=_peer_name(first)
+            )
             self.rep.send_multipart([json.dumps(answer, default=str).encode(), *extra])
 
     def _watchdog(self) -> None:
@@ -265,13 +309,23 @@ class Daemon:
         """One single-frame control request to its JSON reply; never raises."""
         return self.handle_frames(raw, [])[0]
 
-    def handle_frames(self, raw: bytes, frames: list[bytes]) -> tuple[dict[str, Any], list[bytes]]:
+    def handle_frames(
+        self, raw: bytes, frames: list[bytes], peer: str | None = None
+    ) -> tuple[dict[str, Any], list[bytes]]:
         """One request (JSON, then any binary frames) to its reply and the reply's binary
-        frames; never raises."""
+        frames; never raises. `peer`: the client's key name, with CURVE."""
         try:
-            method, params = parse_request(raw)
+            req = parse_envelope(raw)
         except ProtocolError as exc:
             return reply(False, str(exc)), []
+        method, params = req.method, req.params
+        try:
+            if method in ("lock", "unlock"):
+                return self._lock_request(method, params, req.token, peer), []
+            if self.lock is not None:
+                self.lock.check(method, req.token)
+        except LockRefused as exc:
+            return reply(False, str(exc), lock=self.lock.describe() if self.lock else None), []
         handler = getattr(self, f"_do_{method}")  # looked up outside the try below
         try:
             if method == "analyze":
@@ -280,6 +334,18 @@ class Daemon:
         except Exception as exc:  # a handler fault is a reply, not a dead daemon
             log.exception("%s failed", method)
             return reply(False, f"{method} failed: {type(exc).__name__}: {exc}"), []
+
+    def _lock_request(
+        self, method: str, params: object, token: str | None, peer: str | None
+    ) -> dict[str, Any]:
+        if self.lock is None:
+            return reply(False, f"{method}: the control lock is off ([zmq] control_lock)")
+        if method == "unlock":
+            self.lock.release(token)
+            return reply(True, "control lock released")
+        assert isinstance(params, LockParams)
+        new = self.lock.acquire(params.holder, peer, steal=params.steal)
+        return reply(True, f"control lock held by {params.holder!r}", token=new)
 
     # -- state ----------------------------------------------------------------------------
     def _state_changed(self, old: DaemonState, new: DaemonState, reason: str) -> None:
@@ -322,7 +388,38 @@ class Daemon:
             database=self.config.database_url(self.state_dir),
             events_seq=self.events.seq,
             http=self._http.url if self._http is not None else None,
+            curve=self._curve is not None,
+            lock=self.lock.describe() if self.lock is not None else "off",
         )
+
+    def _do_snapshot(self, _params: object) -> dict[str, Any]:
+        """What a dashboard that joins late needs, and the seq it is as new as: it keeps
+        the events after `seq` (subscribe first, then ask: nothing falls in between)."""
+        assert self.runner is not None and self.engine is not None
+        with self.events.hold() as seq:
+            scan = self.runner.current
+            scan_id = scan["scan_id"] if scan else None
+            if scan_id is None and self.last_outcome is not None:
+                scan_id = self.last_outcome.get("scan_id")
+            flakes = (
+                find_flakes(self.engine, FlakeQuery(scan_id=scan_id, order_by="id", limit=100000))
+                if scan_id is not None
+                else []
+            )
+            tiles = scan_tiles(self.engine, scan_id) if scan_id is not None else []
+            return reply(
+                True,
+                f"snapshot at seq {seq}",
+                seq=seq,
+                state=str(self.state.state),
+                reason=self.state.reason,
+                instrument=self.config.instrument,
+                scan=scan,
+                scan_id=scan_id,
+                last_scan=self.last_outcome,
+                tiles=tiles,
+                flakes=flakes,
+            )
 
     def _do_scan_start(self, p: ScanStartParams) -> dict[str, Any]:
         assert self.runner is not None
@@ -528,6 +625,14 @@ class Daemon:
     def _do_shutdown(self, _params: object) -> dict[str, Any]:
         self._stop_requested.set()
         return reply(True, "shutting down")
+
+
+def _peer_name(frame: zmq.Frame) -> str | None:
+    """The client's name on the CURVE allow-list (ZAP's User-Id), when there is one."""
+    try:
+        return frame.get("User-Id") or None
+    except zmq.ZMQError:
+        return None
 
 
 def _saved_input(index: int, inp: AnalyzeInput, frames: list[bytes], folder: Path) -> Upload:

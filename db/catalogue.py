@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from flakescan.inference.pipeline import AXIS_FIELDS, Hit, TileResult
 
-from .models import Flake, FlakeImage, Scan, Tile, row_dict, utcnow
+from .models import DEFAULT_INSTRUMENT, Flake, FlakeImage, Scan, Tile, row_dict, utcnow
 
 __all__ = ["CatalogueWriter"]
 
@@ -25,10 +25,14 @@ class CatalogueWriter:
 
     Every call is its own session and transaction, so the scan worker's tiles and the
     control thread's annotations interleave (SQLite serialises the writes).
+
+    Every row it adds carries `instrument` (the daemon's config.instrument), so one
+    catalogue can hold several microscopes' scans; each row gets its uuid on insert.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, instrument: str = DEFAULT_INSTRUMENT) -> None:
         self.engine = engine
+        self.instrument = instrument
 
     def mark_interrupted(self) -> list[int]:
         """Scans still 'running' belong to a daemon that died: mark them interrupted."""
@@ -47,7 +51,7 @@ class CatalogueWriter:
     def start_scan(
         self,
         *,
-        instrument: str,
+        instrument: str | None = None,
         chip_id: str,
         name: str,
         region_um: tuple[float, float, float, float],
@@ -58,9 +62,10 @@ class CatalogueWriter:
         classifier_model: str,
         settings: dict,
     ) -> int:
+        """A new scan, `running`; `instrument` defaults to the writer's."""
         with Session(self.engine) as s, s.begin():
             scan = Scan(
-                instrument=instrument,
+                instrument=instrument or self.instrument,
                 chip_id=chip_id,
                 name=name,
                 status="running",
@@ -105,6 +110,7 @@ class CatalogueWriter:
                 return [], []
             bg = (*tile.background, 0.0, 0.0, 0.0)[:3]
             row = Tile(
+                instrument=self.instrument,
                 scan_id=scan_id,
                 tile_index=tile.index,
                 x_um=tile.x_um,
@@ -123,7 +129,13 @@ class CatalogueWriter:
             s.add(row)
             s.flush()
             flakes = [
-                Flake(scan_id=scan_id, tile_id=row.id, chip_id=chip_id, thumbnail_path=thumb)
+                Flake(
+                    instrument=self.instrument,
+                    scan_id=scan_id,
+                    tile_id=row.id,
+                    chip_id=chip_id,
+                    thumbnail_path=thumb,
+                )
                 for thumb in thumbnails
             ]
             if len(flakes) != len(hits):
@@ -224,6 +236,7 @@ class CatalogueWriter:
             if s.get(Flake, flake_id) is None:
                 raise KeyError(f"no flake with id {flake_id}")
             row = FlakeImage(
+                instrument=self.instrument,
                 flake_id=flake_id,
                 objective=image["objective"],
                 path=image["image_path"],

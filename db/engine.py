@@ -1,19 +1,16 @@
-"""Opening the catalogue: SQLite in WAL mode (readers never block the one writer)."""
+"""Opening the catalogue: SQLite in WAL mode (readers never block the one writer), or
+PostgreSQL for a lab's several microscopes; alembic brings it to this code's schema."""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event
 
-from .models import SCHEMA_VERSION, Base
+from .migrate import SchemaVersionError, upgrade_database
 
 __all__ = ["SchemaVersionError", "open_database", "sqlite_url"]
-
-
-class SchemaVersionError(RuntimeError):
-    """The database was written by a newer flakescan."""
 
 
 def sqlite_url(path: str | Path) -> str:
@@ -30,59 +27,9 @@ def _sqlite_pragmas(dbapi_conn: sqlite3.Connection, _record: object) -> None:
     cur.close()
 
 
-# Columns added by each schema version, as (table, column, SQL type); applied in order inside
-# the opening transaction, so a catalogue is either fully upgraded or untouched.
-_ADDED_COLUMNS: dict[int, list[tuple[str, str, str]]] = {
-    2: [
-        ("flakes", "axis_source", "VARCHAR(16)"),
-        ("flakes", "axis_cnn_deg", "FLOAT"),
-        ("flakes", "axis_cnn_confidence", "FLOAT"),
-        ("flakes", "axis_edges_deg", "FLOAT"),
-        ("flakes", "axis_edges_confidence", "FLOAT"),
-    ],
-    3: [
-        ("flakes", "outline_json", "TEXT NOT NULL DEFAULT ''"),
-        *(
-            ("flakes", name, "FLOAT")
-            for name in (
-                "perimeter_um",
-                "length_um",
-                "width_um",
-                "aspect_ratio",
-                "inscribed_diameter_um",
-                "rect_length_um",
-                "rect_width_um",
-                "rect_angle_deg",
-            )
-        ),
-        ("flakes", "notes", "TEXT NOT NULL DEFAULT ''"),
-        ("flakes", "used", "BOOLEAN NOT NULL DEFAULT 0"),
-        ("flakes", "favourite", "BOOLEAN NOT NULL DEFAULT 0"),
-        ("flakes", "annotated_at", "DATETIME"),
-    ],
-    5: [("tiles", "background_fraction", "FLOAT")],
-}
-
-
-def _migrate(conn: Connection, version: int) -> None:
-    """Bring an older SQLite catalogue up to SCHEMA_VERSION (alembic takes over in #8).
-    Old rows keep their one axis angle; its source is recorded as the edges estimate. Rows
-    from before schema 3 have no outline and no shape figures (NULL): not measured."""
-    for v in range(version + 1, SCHEMA_VERSION + 1):
-        for table, column, sql_type in _ADDED_COLUMNS.get(v, []):
-            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {sql_type}"))
-        if v == 2:
-            conn.execute(
-                text(
-                    "UPDATE flakes SET axis_source = 'edges', axis_edges_deg = axis_angle_deg, "
-                    "axis_edges_confidence = axis_confidence WHERE axis_angle_deg IS NOT NULL"
-                )
-            )
-    conn.execute(text(f"PRAGMA user_version = {SCHEMA_VERSION}"))
-
-
 def open_database(url: str, *, create: bool = True) -> Engine:
-    """Engine for the catalogue at `url`; creates the schema when asked and absent."""
+    """Engine for the catalogue at `url`, migrated to this code's schema (created when
+    `create` and absent). Raises SchemaVersionError for a catalogue of a newer flakescan."""
     if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
         path = Path(url.removeprefix("sqlite:///"))
         if not create and not path.exists():
@@ -91,18 +38,9 @@ def open_database(url: str, *, create: bool = True) -> Engine:
     engine = create_engine(url)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-    with engine.begin() as conn:
-        if engine.dialect.name == "sqlite":
-            version = conn.execute(text("PRAGMA user_version")).scalar_one()
-            if version > SCHEMA_VERSION:
-                raise SchemaVersionError(
-                    f"database schema version {version} is newer than this flakescan "
-                    f"({SCHEMA_VERSION}); upgrade flakescan"
-                )
-            if 0 < version < SCHEMA_VERSION:
-                _migrate(conn, version)
-        if create:
-            Base.metadata.create_all(conn)
-            if engine.dialect.name == "sqlite":
-                conn.execute(text(f"PRAGMA user_version = {SCHEMA_VERSION}"))
+    try:
+        upgrade_database(engine, create=create)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine

@@ -8,6 +8,7 @@ through SQLAlchemy, so names are spelled out and units are in the column names.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from uuid import uuid4
 
 from sqlalchemy import (
     Boolean,
@@ -23,23 +24,45 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 __all__ = [
+    "DEFAULT_INSTRUMENT",
     "SCHEMA_VERSION",
     "Base",
     "Flake",
     "FlakeImage",
     "Scan",
     "Tile",
+    "new_uuid",
     "plain",
     "row_dict",
     "utcnow",
 ]
 
-# Stored in PRAGMA user_version; bumped with every schema change (migrations in #8).
-SCHEMA_VERSION = 5
+# The schema's number: alembic revision 000N is schema N (db/migrations/versions). It is
+# also written to PRAGMA user_version, so a flakescan from before alembic refuses a
+# catalogue it would write wrong rows into (no instrument, no uuid).
+SCHEMA_VERSION = 6
+
+# What a writer stamps when it is not told its instrument (config.instrument is).
+DEFAULT_INSTRUMENT = "default"
 
 
 def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
+
+
+def new_uuid() -> str:
+    """A row's global key: a lab-wide catalogue merges several daemons' rows by it."""
+    return str(uuid4())
+
+
+def _instrument() -> Mapped[str]:
+    """Which microscope (the daemon's config.instrument) wrote the row (schema 6)."""
+    return mapped_column(String(64), index=True)
+
+
+def _uuid() -> Mapped[str]:
+    """UUID4 as 36 characters, set on insert (schema 6); the integer id stays local."""
+    return mapped_column(String(36), unique=True, index=True, default=new_uuid)
 
 
 def plain(value: object) -> object:
@@ -64,7 +87,8 @@ class Scan(Base):
     __tablename__ = "scans"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    instrument: Mapped[str] = mapped_column(String(64))
+    uuid: Mapped[str] = _uuid()
+    instrument: Mapped[str] = _instrument()
     chip_id: Mapped[str] = mapped_column(String(128), index=True)
     name: Mapped[str] = mapped_column(String(256), default="")
     # running | completed | stopped | failed | interrupted
@@ -97,6 +121,8 @@ class Tile(Base):
     __table_args__ = (UniqueConstraint("scan_id", "tile_index"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = _uuid()
+    instrument: Mapped[str] = _instrument()
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
     tile_index: Mapped[int] = mapped_column(Integer)
     x_um: Mapped[float] = mapped_column(Float)
@@ -125,6 +151,8 @@ class Flake(Base):
     __table_args__ = (Index("ix_flakes_class_area", "flake_class", "area_um2"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = _uuid()
+    instrument: Mapped[str] = _instrument()
     scan_id: Mapped[int] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"), index=True)
     tile_id: Mapped[int] = mapped_column(ForeignKey("tiles.id", ondelete="CASCADE"), index=True)
     chip_id: Mapped[str] = mapped_column(String(128), index=True)
@@ -184,6 +212,8 @@ class FlakeImage(Base):
     __tablename__ = "flake_images"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = _uuid()
+    instrument: Mapped[str] = _instrument()
     flake_id: Mapped[int] = mapped_column(ForeignKey("flakes.id", ondelete="CASCADE"), index=True)
     objective: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)

@@ -14,6 +14,7 @@ __all__ = [
     "FlakeQuery",
     "find_flakes",
     "get_flake",
+    "get_flake_by_uuid",
     "list_scans",
     "scan_summary",
     "scan_tiles",
@@ -39,6 +40,7 @@ class FlakeQuery:
     """
 
     scan_id: int | None = None
+    instrument: str | None = None
     chip_id: str | None = None
     flake_class: int | None = None
     min_area_um2: float | None = None
@@ -76,6 +78,7 @@ def _filters(q: FlakeQuery) -> list[ColumnElement[bool]]:
     where: list[ColumnElement[bool]] = []
     pairs = (
         (q.scan_id, lambda v: Flake.scan_id == v),
+        (q.instrument, lambda v: Flake.instrument == v),
         (q.chip_id, lambda v: Flake.chip_id == v),
         (q.flake_class, lambda v: Flake.flake_class == v),
         (q.min_area_um2, lambda v: Flake.area_um2 >= v),
@@ -111,6 +114,13 @@ def find_flakes(engine: Engine, q: FlakeQuery = FlakeQuery()) -> list[dict]:
 def get_flake(engine: Engine, flake_id: int) -> dict | None:
     with Session(engine) as s:
         f = s.get(Flake, flake_id)
+        return f.as_dict() if f else None
+
+
+def get_flake_by_uuid(engine: Engine, uuid: str) -> dict | None:
+    """A flake by its global key (the one a lab-wide catalogue shares)."""
+    with Session(engine) as s:
+        f = s.scalar(select(Flake).where(Flake.uuid == uuid))
         return f.as_dict() if f else None
 
 

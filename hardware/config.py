@@ -1,4 +1,4 @@
-"""Hardware settings of service.toml: backend, travel limits, objective."""
+"""Hardware settings of service.toml: backend, travel limits, objective, fault policy, park."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["HardwareConfig", "ObjectiveConfig", "TravelLimits"]
+from .fault_policy import FaultPolicy
+
+__all__ = ["HardwareConfig", "ObjectiveConfig", "ParkConfig", "TravelLimits"]
 
 
 class TravelLimits(BaseModel):
@@ -62,6 +64,39 @@ class ObjectiveConfig(BaseModel):
         return self.label or self.name
 
 
+class ParkConfig(BaseModel):
+    """`[hardware.park]`: where `Microscope.park()` leaves the stage (on SIGTERM).
+
+    Z goes first, to `z_um`, default the top of the Z travel (`z_max_um`): focus up is away
+    from the chip, so that is the objective's farthest, safest place (`z_min_um` is the
+    lowest it may ever go, not a place to rest). Then XY to `xy_um`, if given (say, the
+    loading position); not given, XY stays. Both must lie inside the travel limits
+    (`check`): a park outside them is refused when the microscope opens.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    z_um: float | None = None
+    xy_um: tuple[float, float] | None = None
+
+    def target_z(self, limits: TravelLimits) -> float:
+        return limits.z_max_um if self.z_um is None else self.z_um
+
+    def check(self, limits: TravelLimits) -> None:
+        """ValueError naming the key if a park target lies outside the travel limits."""
+        if self.z_um is not None and not limits.contains_z(self.z_um):
+            raise ValueError(
+                f"hardware.park.z_um = {self.z_um} lies outside the Z travel limits "
+                f"[{limits.z_min_um}, {limits.z_max_um}]"
+            )
+        if self.xy_um is not None and not limits.contains_xy(*self.xy_um):
+            raise ValueError(
+                f"hardware.park.xy_um = {list(self.xy_um)} lies outside the XY travel limits "
+                f"x [{limits.x_min_um}, {limits.x_max_um}], y [{limits.y_min_um}, "
+                f"{limits.y_max_um}]"
+            )
+
+
 class HardwareConfig(BaseModel):
     """`[hardware]`: which backend drives the microscope, and its device settings."""
 
@@ -77,6 +112,24 @@ class HardwareConfig(BaseModel):
     # The objective turret's Micro-Manager device label (a state device); none: one objective.
     # The simulator always has one, "Objective".
     objective_device: str | None = None
+    # What to do when a device call fails: retry (bounded), re-home, or fail the scan.
+    fault_policy: FaultPolicy = FaultPolicy()
+    # Check every frame for what faulty transfers leave (black, partial, saturated).
+    check_frames: bool = True
+    park: ParkConfig = ParkConfig()
+
+    def check_against(self, limits: TravelLimits) -> None:
+        """ValueError naming the key if the park position, or the home a `rehome` policy
+        would drive to, lies outside the travel limits (the limits are another section)."""
+        self.park.check(limits)
+        pol = self.fault_policy
+        if "rehome" in (pol.xy_move.action, pol.xy_timeout.action) and not limits.contains_xy(
+            *pol.home_xy_um
+        ):
+            raise ValueError(
+                f"hardware.fault_policy.home_xy_um = {list(pol.home_xy_um)} lies outside the "
+                "XY travel limits, and a rehome action would drive there"
+            )
 
     @model_validator(mode="after")
     def _mm_config_given(self) -> HardwareConfig:

@@ -4,7 +4,8 @@ pymmcore-plus's default `MDAEngine` logs a warning and carries on when an XY mov
 change or a snap fails, so an acquisition can "complete" with tiles missing. A flake scan
 must not: this engine routes every move through the `Microscope` (travel limits checked
 before commanding) and lets every device error propagate, so the runner stops and the scan
-fails with the reason.
+fails with the reason. Moves, waits and snaps go through the microscope's fault policy
+(bounded retries, re-homing), which knows the tile it works on, for its messages.
 """
 
 from __future__ import annotations
@@ -48,7 +49,15 @@ class StrictMDAEngine(MDAEngine):
         return meta
 
     def setup_event(self, event: MDAEvent) -> None:
+        mic = self.microscope
+        mic.faults.tile = int(event.index.get("g", event.index.get("p", 0)))
         self.setup_single_event(event)
+        # The stages first, under the fault policy (a stage that does not arrive is sent
+        # again); then whatever else the event changed.
+        if event.x_pos is not None or event.y_pos is not None:
+            mic.wait_xy()
+        if event.z_pos is not None or self.focus is not None:
+            mic.wait_z()
         with _device_call("system", "wait for devices"):
             self.mmcore.waitForSystem()
         if self.focus is not None and self.focus.refocus_due():
@@ -73,6 +82,10 @@ class StrictMDAEngine(MDAEngine):
             with _device_call(mic.camera_label, f"set exposure {event.exposure} ms"):
                 self.mmcore.setExposure(event.exposure)
 
+    def teardown_sequence(self, sequence: MDASequence) -> None:
+        self.microscope.faults.tile = None
+        super().teardown_sequence(sequence)
+
     def exec_event(self, event: MDAEvent) -> Iterable:
         # The parent logs and skips actions it cannot run (autofocus without a device,
         # custom actions); a scan must not silently skip a step it asked for.
@@ -82,9 +95,6 @@ class StrictMDAEngine(MDAEngine):
         return super().exec_event(event)
 
     def exec_single_event(self, event: MDAEvent) -> Iterator:
-        mic = self.microscope
-        with _device_call(mic.camera_label, "snap"):
-            self.mmcore.snapImage()
-            image = self.mmcore.getImage()
+        image = self.microscope.snap_image()
         meta = self.get_frame_metadata(event, include_position=True)
         yield image, event, meta

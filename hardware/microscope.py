@@ -3,7 +3,10 @@
 Everything above the hardware layer moves and images through this class, so the two rules
 of hardware safety live here once: no move leaves the configured travel limits (checked
 before anything is commanded), and no device fault is swallowed (every failure of the core
-or a device is raised as a `HardwareError` naming the device).
+or a device is raised as a `HardwareError` naming the device). The fault policy
+(`[hardware.fault_policy]`) applies here too, where the device calls are made: a failed
+move, a stage that does not arrive, a camera error or timeout, a corrupt frame is retried or
+the stage re-homed within a bound, counted, and raised once the bound is spent.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import numpy as np
 import pymmcore
 from pymmcore_plus import CMMCorePlus
 
-from .config import ObjectiveConfig, TravelLimits
+from .config import HardwareConfig, ObjectiveConfig, ParkConfig, TravelLimits
 from .errors import DeviceError, HardwareError, TravelLimitError
+from .fault_policy import FaultKind, FaultPolicy, FaultRunner
 from .frame import Frame
+from .frame_check import frame_problem
 from .objectives import ObjectiveTurret
 
 __all__ = ["Microscope"]
@@ -38,6 +43,28 @@ def _device_call(device: str, action: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise DeviceError(f"{device}: {action} failed: {exc}") from exc
+
+
+class CorruptFrame(DeviceError):
+    """A frame came back, but not as an image (black, partial, saturated, wrong shape)."""
+
+
+def _is_timeout(exc: BaseException) -> bool:
+    """Whether a fault is a timeout: by type where the device keeps it, else by its text
+    (Micro-Manager reports a camera that never delivered as "... timed out" / "timeout")."""
+    chain: BaseException | None = exc
+    while chain is not None:
+        if isinstance(chain, TimeoutError):
+            return True
+        chain = chain.__cause__
+    text = str(exc).lower()
+    return "timeout" in text or "timed out" in text
+
+
+def _snap_fault_kind(exc: Exception) -> FaultKind:
+    if isinstance(exc, CorruptFrame):
+        return "corrupt_frame"
+    return "snap_timeout" if _is_timeout(exc) else "snap_error"
 
 
 class Microscope:
@@ -68,6 +95,31 @@ class Microscope:
             raise HardwareError("no pixel size is defined for the current objective")
         # One objective unless a backend sets up the turret (`set_objectives`).
         self.turret: ObjectiveTurret | None = None
+        self.faults = FaultRunner(FaultPolicy())
+        self.check_frames = True
+        self.park_config = ParkConfig()
+        # Where the stages were last sent: a retry after a timeout commands it again.
+        self._xy_target: tuple[float, float] | None = None
+        self._z_target: float | None = None
+
+    def configure(self, hardware: HardwareConfig) -> None:
+        """Take the fault policy, the frame check and the park position from the config;
+        a park position or re-home target outside the travel limits is refused
+        (HardwareError)."""
+        try:
+            hardware.check_against(self.limits)
+        except ValueError as exc:
+            raise HardwareError(str(exc)) from None
+        self.faults = FaultRunner(hardware.fault_policy)
+        self.check_frames = hardware.check_frames
+        self.park_config = hardware.park
+
+    def fault_counts(self) -> dict[str, int]:
+        """Retries per kind of fault and re-homes since the last reset (nonzero only)."""
+        return self.faults.counts()
+
+    def reset_fault_counts(self) -> None:
+        self.faults.reset()
 
     def set_objectives(
         self,
@@ -178,25 +230,107 @@ class Microscope:
             return float(self.core.getZPosition())
 
     def move_xy(self, x_um: float, y_um: float, *, wait: bool = True) -> None:
-        """Move the stage to (x, y) um; refused before commanding if outside the limits."""
+        """Move the stage to (x, y) um; refused before commanding if outside the limits.
+        A failed command is retried (or the stage re-homed first) under the policy."""
         self.check_xy(x_um, y_um)
-        with _device_call(self.xy_label, f"move to ({x_um:.1f}, {y_um:.1f}) um"):
-            self.core.setXYPosition(float(x_um), float(y_um))
+        self._xy_target = (float(x_um), float(y_um))
+        self.faults.run(
+            "xy_move",
+            self.xy_label,
+            f"move to ({x_um:.1f}, {y_um:.1f}) um",
+            lambda: self._command_xy(x_um, y_um),
+            rehome=self.home_xy,
+        )
         if wait:
-            self.wait(self.xy_label)
+            self.wait_xy()
 
     def move_z(self, z_um: float, *, wait: bool = True) -> None:
         """Move focus to z um; refused before commanding if outside the limits."""
         self.check_z(z_um)
+        self._z_target = float(z_um)
+        self.faults.run(
+            "z", self.z_label, f"move to z {z_um:.2f} um", lambda: self._command_z(z_um)
+        )
+        if wait:
+            self.wait_z()
+
+    def _command_xy(self, x_um: float, y_um: float) -> None:
+        self.check_xy(x_um, y_um)
+        with _device_call(self.xy_label, f"move to ({x_um:.1f}, {y_um:.1f}) um"):
+            self.core.setXYPosition(float(x_um), float(y_um))
+
+    def _command_z(self, z_um: float) -> None:
+        self.check_z(z_um)
         with _device_call(self.z_label, f"move to z {z_um:.2f} um"):
             self.core.setZPosition(float(z_um))
-        if wait:
-            self.wait(self.z_label)
+
+    def _stop_and_resend(self, label: str) -> None:
+        """Before retrying a move that did not arrive: stop the stage, send it again."""
+        with _device_call(label, "stop"):
+            self.core.stop(label)
+        if label == self.xy_label and self._xy_target is not None:
+            self._command_xy(*self._xy_target)
+        elif label == self.z_label and self._z_target is not None:
+            self._command_z(self._z_target)
+
+    def wait_xy(self) -> None:
+        """Wait for the XY stage to arrive; a stage that does not (timeout, stuck busy
+        flag) is stopped and sent again, or re-homed and sent again, under the policy."""
+        label = self.xy_label
+        target = self._xy_target
+        where = "" if target is None else f" to ({target[0]:.1f}, {target[1]:.1f}) um"
+        self.faults.run(
+            "xy_timeout",
+            label,
+            f"wait for the move{where}",
+            lambda: self._wait_device(label, f"wait for the move{where}"),
+            recover=lambda: self._stop_and_resend(label),
+            rehome=self.home_xy,
+        )
+
+    def wait_z(self) -> None:
+        label = self.z_label
+        self.faults.run(
+            "z",
+            label,
+            "wait for the focus move",
+            lambda: self._wait_device(label),
+            recover=lambda: self._stop_and_resend(label),
+        )
 
     def wait(self, label: str) -> None:
-        """Block until a device is idle; a device stuck busy past the timeout raises."""
-        with _device_call(label, "wait for device"):
+        """Block until a device is idle; a device stuck busy past the timeout raises
+        (for the stages, after what the fault policy allows)."""
+        if label == self.xy_label:
+            self.wait_xy()
+        elif label == self.z_label:
+            self.wait_z()
+        else:
+            self._wait_device(label)
+
+    def _wait_device(self, label: str, action: str = "wait for device") -> None:
+        with _device_call(label, action):
             self.core.waitForDevice(label)
+
+    def home_xy(self) -> None:
+        """Re-home the XY stage (the controller's homing run), then leave it idle at home.
+
+        Refused, nothing commanded, if the configured home position lies outside the
+        travel limits; a stage that cannot home (the Prior driver) raises saying so.
+        """
+        label = self.xy_label
+        hx, hy = self.faults.policy.home_xy_um
+        if not self.limits.contains_xy(hx, hy):
+            raise HardwareError(
+                f"{label}: re-homing refused: home ({hx}, {hy}) um lies outside the travel "
+                "limits; nothing was commanded"
+            )
+        log.warning("%s: re-homing the stage", label)
+        with _device_call(label, "stop"):
+            self.core.stop(label)
+        with _device_call(label, "home"):
+            self.core.home(label)
+        self._wait_device(label)
 
     def stop(self) -> list[str]:
         """Stop stage motion (after a fault, or when the daemon stops).
@@ -216,10 +350,22 @@ class Microscope:
     # -- imaging -----------------------------------------------------------------------
     def snap(self, index: int = 0) -> Frame:
         """Snap one image at the current position and return it as a Frame."""
-        with _device_call(self.camera_label, "snap"):
+        return self.frame_from(self.snap_image(), index=index)
+
+    def snap_image(self) -> np.ndarray:
+        """Snap one image, checked (`frame_check`); a camera error, timeout or corrupt
+        frame is snapped again under the fault policy, and raised once it is spent."""
+        label = self.camera_label
+        return self.faults.run(_snap_fault_kind, label, "snap", self._snap_once)
+
+    def _snap_once(self) -> np.ndarray:
+        label = self.camera_label
+        with _device_call(label, "snap"):
             self.core.snapImage()
             image = self.core.getImage()
-        return self.frame_from(image, index=index)
+        if self.check_frames and (problem := frame_problem(image, self.frame_shape)):
+            raise CorruptFrame(f"{label}: corrupt frame: {problem}")
+        return image
 
     def frame_from(
         self, image: np.ndarray, *, index: int = 0, metadata: dict | None = None
@@ -255,6 +401,49 @@ class Microscope:
             index=index,
             metadata=dict(metadata or {}),
         )
+
+    def park(self) -> dict[str, Any]:
+        """Leave the stage where it is safe: motion stopped, Z up to the park plane (away
+        from the chip), then XY to the park position if one is configured.
+
+        Meant for shutdown (SIGTERM), after a scan was cancelled, with the stage perhaps in
+        a fault: it never raises for a device fault, it logs it and says what it did. Every
+        target is checked against the travel limits first; XY does not move unless Z got
+        to the park plane (the objective is clear of the chip only then).
+        """
+        done: dict[str, Any] = {"stopped": [], "z": None, "xy": None, "problems": []}
+        for label in (self.xy_label, self.z_label):
+            try:
+                with _device_call(label, "stop"):
+                    self.core.stop(label)
+                done["stopped"].append(label)
+            except HardwareError as exc:
+                log.error("park: %s", exc)
+                done["problems"].append(str(exc))
+        cfg, z_ok = self.park_config, False
+        try:
+            z = cfg.target_z(self.limits)
+            self.check_z(z)
+            self._command_z(z)
+            self._wait_device(self.z_label)
+            done["z"], z_ok = z, True
+        except HardwareError as exc:
+            log.error("park: Z not parked: %s", exc)
+            done["problems"].append(f"Z not parked: {exc}")
+        if cfg.xy_um is not None:
+            if not z_ok:
+                done["problems"].append("XY not parked: Z is not at the park plane")
+            else:
+                try:
+                    self.check_xy(*cfg.xy_um)
+                    self._command_xy(*cfg.xy_um)
+                    self._wait_device(self.xy_label)
+                    done["xy"] = list(cfg.xy_um)
+                except HardwareError as exc:
+                    log.error("park: XY not parked: %s", exc)
+                    done["problems"].append(f"XY not parked: {exc}")
+        log.info("parked: %s", done)
+        return done
 
     def close(self) -> None:
         """Release the devices (unload them from the core) and stop the core calling back.

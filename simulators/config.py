@@ -133,15 +133,53 @@ class StageSpec(BaseModel):
 
 
 class FaultSpec(BaseModel):
-    """Faults the simulated devices inject, for testing that faults surface."""
+    """Faults the simulated devices inject, for testing that faults surface and that the
+    fault policy (`[hardware.fault_policy]`) handles them.
+
+    Each fault starts at the n-th move or frame (`*_on_*`, counted from 1) and lasts for
+    `*_count` moves or frames (None: for ever from then on), so a transient fault that heals
+    (a bounded retry makes sense) and a permanent one are both expressible.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     xy_fail_on_move: int | None = Field(None, ge=1, description="n-th XY move raises")
-    snap_fail_on_frame: int | None = Field(None, ge=1, description="n-th snap raises")
+    xy_fail_count: int | None = Field(None, ge=1, description="how many moves raise")
+    snap_fail_on_frame: int | None = Field(
+        None, ge=1, description="n-th snap raises a camera timeout at once"
+    )
+    snap_fail_count: int | None = Field(None, ge=1, description="how many snaps raise")
     xy_stuck_on_move: int | None = Field(
         None, ge=1, description="from the n-th XY move on, the stage reports busy for ever"
     )
+    xy_stuck_count: int | None = Field(None, ge=1, description="how many moves stick")
+    # A move that never arrives: the stage stops part way (a motor stall, a snagged cable)
+    # and stays busy until it is stopped; the wait for it times out.
+    xy_stall_on_move: int | None = Field(None, ge=1, description="n-th XY move stalls")
+    xy_stall_count: int | None = Field(None, ge=1, description="how many moves stall")
+    z_fail_on_move: int | None = Field(None, ge=1, description="n-th focus move raises")
+    z_fail_count: int | None = Field(None, ge=1, description="how many focus moves raise")
+    # A stuck or stalled stage that only homing cures (lost steps, encoder error): every
+    # move sticks once the fault has struck, until `home()`; then the fault is spent.
+    xy_fault_until_homed: bool = False
+    # A camera that hangs: the snap blocks `snap_hang_s`, then its driver gives up with
+    # a timeout (what a camera that never delivers the frame does).
+    snap_hang_on_frame: int | None = Field(None, ge=1, description="n-th snap hangs")
+    snap_hang_count: int | None = Field(None, ge=1, description="how many snaps hang")
+    snap_hang_s: float = Field(0.2, ge=0, le=60)
+    # A camera error that is not a timeout (a readout or transfer error reported at once).
+    snap_error_on_frame: int | None = Field(None, ge=1, description="n-th snap errs")
+    snap_error_count: int | None = Field(None, ge=1, description="how many snaps err")
+    # A corrupt frame, delivered as if good: black (a dropped frame), truncated (a partial
+    # transfer: the rows after the first part are zero), or saturated (a blown exposure).
+    corrupt_on_frame: int | None = Field(None, ge=1, description="n-th frame is corrupt")
+    corrupt_count: int | None = Field(None, ge=1, description="how many frames are corrupt")
+    corrupt_kind: Literal["black", "truncated", "saturated"] = "black"
+
+    @staticmethod
+    def hits(n: int, start: int | None, count: int | None) -> bool:
+        """Whether the n-th move or frame falls in a fault's window."""
+        return start is not None and n >= start and (count is None or n < start + count)
 
 
 class ReplayConfig(BaseModel):

@@ -34,12 +34,17 @@ __all__ = [
     "SimWorld",
     "SimXYStage",
     "SimulatedFault",
+    "SimulatedTimeout",
     "StageState",
 ]
 
 
 class SimulatedFault(RuntimeError):
     """A fault injected by the simulator (configured in `[simulator.faults]`)."""
+
+
+class SimulatedTimeout(SimulatedFault, TimeoutError):
+    """An injected fault that is a timeout (a frame or a reply that never came)."""
 
 
 @dataclass
@@ -82,7 +87,15 @@ class StageState:
     xy: _Motion = field(default_factory=lambda: _Motion((0.0, 0.0), (0.0, 0.0)))
     z: _Motion = field(default_factory=lambda: _Motion((0.0,), (0.0,)))
     xy_moves: int = 0
+    z_moves: int = 0
+    xy_homes: int = 0
     frames: int = 0
+    # The XY stage's injected motion fault of the move in progress ("stuck": arrived but
+    # busy for ever; "stall": stopped part way, busy until stopped), and whether it is
+    # latched until a home (`xy_fault_until_homed`) or spent by one.
+    xy_fault: str | None = None
+    xy_latched: str | None = None
+    xy_fault_spent: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
     started: float = field(default_factory=time.monotonic)  # the focus-drift clock
     _snaps_at: Counter = field(default_factory=Counter, repr=False)  # frames per spot
@@ -95,12 +108,33 @@ class StageState:
 
     def next_frame(self) -> int:
         """Count a frame; raise the injected camera fault when its frame comes."""
+        f = self.faults
         with self.lock:
             self.frames += 1
             n = self.frames
-            if self.faults.snap_fail_on_frame and n >= self.faults.snap_fail_on_frame:
-                raise SimulatedFault(f"camera timeout: frame {n} never arrived")
+        if f.hits(n, f.snap_fail_on_frame, f.snap_fail_count):
+            raise SimulatedTimeout(f"camera timeout: frame {n} never arrived")
+        if f.hits(n, f.snap_hang_on_frame, f.snap_hang_count):
+            time.sleep(f.snap_hang_s)  # the driver waits for the frame, then gives up
+            raise SimulatedTimeout(f"camera timeout: frame {n} not delivered in {f.snap_hang_s} s")
+        if f.hits(n, f.snap_error_on_frame, f.snap_error_count):
+            raise SimulatedFault(f"camera error: transfer of frame {n} failed")
         return n
+
+    def corrupt(self, n: int, buffer: np.ndarray) -> None:
+        """Spoil frame n in place if a corrupt frame is injected for it, as cameras do:
+        a dropped frame comes back black, a partial transfer leaves the rest of the buffer
+        zero, a blown exposure is white but for its darkest corners."""
+        f = self.faults
+        if not f.hits(n, f.corrupt_on_frame, f.corrupt_count):
+            return
+        if f.corrupt_kind == "black":
+            buffer[:] = 0
+        elif f.corrupt_kind == "truncated":
+            buffer[buffer.shape[0] // 3 :] = 0
+        else:  # the exposure blown by a flash of stray light: 16 times the signal, clipped
+            top = np.iinfo(buffer.dtype).max
+            buffer[:] = np.minimum(buffer.astype(np.uint32) * 16, top).astype(buffer.dtype)
 
     def noise_draw(self, x_um: float, y_um: float, z_um: float) -> int:
         """The camera's noise draw for a frame taken here: keyed by the position (to the
@@ -180,16 +214,29 @@ class SimXYStage(XYStageDevice):
         self._world = world
 
     def set_position_um(self, x: float, y: float) -> None:
-        w = self._world
+        w, f = self._world, self._world.faults
         with w.lock:
             w.commanded.append(("xy", (x, y)))
             w.xy_moves += 1
-            if w.faults.xy_fail_on_move and w.xy_moves >= w.faults.xy_fail_on_move:
+            n = w.xy_moves
+            if f.hits(n, f.xy_fail_on_move, f.xy_fail_count):
                 raise SimulatedFault(
-                    f"XY stage timeout: no position reply on move {w.xy_moves} "
-                    f"to ({x:.1f}, {y:.1f}) um"
+                    f"XY stage timeout: no position reply on move {n} to ({x:.1f}, {y:.1f}) um"
                 )
-            w.xy = w.xy.towards((x, y), w.stage.xy_speed_um_s, w.stage.xy_settle_ms / 1000)
+            motion = w.xy.towards((x, y), w.stage.xy_speed_um_s, w.stage.xy_settle_ms / 1000)
+            fault = w.xy_latched
+            if fault is None and not w.xy_fault_spent:
+                if f.hits(n, f.xy_stall_on_move, f.xy_stall_count):
+                    fault = "stall"
+                elif f.hits(n, f.xy_stuck_on_move, f.xy_stuck_count):
+                    fault = "stuck"
+            if fault is not None and f.xy_fault_until_homed:
+                w.xy_latched = fault
+            if fault == "stall":  # stops half way there and never says it arrived
+                half = tuple((a + b) / 2 for a, b in zip(motion.start, motion.target, strict=True))
+                t_half = (motion.t0 + motion.t_arrive) / 2
+                motion = _Motion(motion.start, half, motion.t0, t_half, float("inf"))
+            w.xy, w.xy_fault = motion, fault
 
     def get_position_um(self) -> tuple[float, float]:
         x, y = self._world.xy.position(time.monotonic())
@@ -197,17 +244,31 @@ class SimXYStage(XYStageDevice):
 
     def busy(self) -> bool:
         w = self._world
-        stuck = w.faults.xy_stuck_on_move
-        if stuck and w.xy_moves >= stuck:
-            return True  # a stuck busy flag: the controller never says it arrived
+        if w.xy_fault is not None:
+            return True  # stuck or stalled: the controller never says it arrived
         return time.monotonic() < w.xy.t_settled
 
     def home(self) -> None:
-        self.set_position_um(0.0, 0.0)
+        """Drive to the home position (0, 0) and reset the controller: a stuck or stalled
+        motion fault is cleared, and one latched until homing is spent. Homing takes
+        real time; the stage is busy until it is home."""
+        w = self._world
+        with w.lock:
+            w.commanded.append(("xy", (0.0, 0.0)))
+            w.xy_homes += 1
+            if w.xy_latched is not None:
+                w.xy_fault_spent = True
+            w.xy_fault = w.xy_latched = None
+            w.xy = w.xy.halted().towards(
+                (0.0, 0.0), w.stage.xy_speed_um_s, w.stage.xy_settle_ms / 1000
+            )
 
     def stop(self) -> None:
-        with self._world.lock:
-            self._world.xy = self._world.xy.halted()
+        w = self._world
+        with w.lock:
+            w.xy = w.xy.halted()
+            if w.xy_fault == "stall":
+                w.xy_fault = None  # a stalled motor stops; a stuck flag stays stuck
 
     def set_origin(self) -> None:
         raise NotImplementedError("the simulated stage keeps chip coordinates")
@@ -227,9 +288,12 @@ class SimFocusStage(StageDevice):
         self._world = world
 
     def set_position_um(self, val: float) -> None:
-        w = self._world
+        w, f = self._world, self._world.faults
         with w.lock:
             w.commanded.append(("z", (val,)))
+            w.z_moves += 1
+            if f.hits(w.z_moves, f.z_fail_on_move, f.z_fail_count):
+                raise SimulatedFault(f"focus drive error: move {w.z_moves} to {val:.2f} um refused")
             w.z = w.z.towards((val,), w.stage.z_speed_um_s, 0.0)
 
     def get_position_um(self) -> float:
@@ -283,7 +347,7 @@ class SimCamera(ExposureCamera):
 
     def snap(self, buffer: np.ndarray) -> Mapping:
         w = self._world
-        w.next_frame()
+        n = w.next_frame()
         now = time.monotonic()
         sx, sy = w.xy.position(now)
         (z,) = w.z.position(now)
@@ -296,6 +360,7 @@ class SimCamera(ExposureCamera):
         buffer[:] = w.renderer.render(
             x, y, defocus_um=defocus, exposure_ms=self._exposure_ms, frame_index=draw
         )
+        w.corrupt(n, buffer)
         return {
             "SimStageX_um": f"{x:.3f}",
             "SimStageY_um": f"{y:.3f}",

@@ -61,6 +61,8 @@ class _Fault:
     after: str | None  # armed once a command with this name has been answered
     armed: bool = False
     delay_s: float = 0.0  # for "late": how long each reply is held back
+    times: int = 1  # how many `after` commands must be answered before it arms
+    lasting: int | None = None  # how many commands it spoils before it heals (None: for ever)
 
 
 @dataclass
@@ -142,13 +144,28 @@ class ProScanSimulator:
         with self._lock:
             return self._state.late_sent
 
-    def inject(self, kind: FaultKind, *, after: str | None = None, delay_s: float = 0.5) -> None:
-        """Fail every command from the next one on, or from the one after an `after` command
-        has been answered: no reply (``silent``), noise (``garble``), the right reply but
-        `delay_s` late (``late``), or the line closed for good (``drop``; closing the pty
-        discards what is in flight, so it happens when the next command arrives)."""
+    def inject(
+        self,
+        kind: FaultKind,
+        *,
+        after: str | None = None,
+        delay_s: float = 0.5,
+        times: int = 1,
+        lasting: int | None = None,
+    ) -> None:
+        """Fail every command from the next one on, or from the one after the `times`-th
+        `after` command has been answered (say, the 3rd ``G``: a link lost mid-scan): no
+        reply (``silent``), noise (``garble``), the right reply but `delay_s` late
+        (``late``), or the line closed for good (``drop``; closing the pty discards what is
+        in flight, so it happens when the next command arrives). With `lasting`, a
+        silent, garbling or late line heals by itself after that many commands (a link that
+        glitches and comes back); a dropped line never does."""
+        if times < 1 or (lasting is not None and lasting < 1):
+            raise ValueError(f"times and lasting must be at least 1, got {times}, {lasting}")
         with self._lock:
-            self._state.fault = _Fault(kind, after, armed=after is None, delay_s=delay_s)
+            self._state.fault = _Fault(
+                kind, after, armed=after is None, delay_s=delay_s, times=times, lasting=lasting
+            )
 
     def reply_error(self, code: int, *, on: str | None = None, times: int = 1) -> None:
         """Answer the next `times` commands named `on` (any, if None) with ``E,code``."""
@@ -221,6 +238,10 @@ class ProScanSimulator:
             fault = st.fault
             delay_s = 0.0
             if fault is not None and fault.armed:
+                if fault.lasting is not None and fault.kind != "drop":
+                    fault.lasting -= 1
+                    if fault.lasting <= 0:
+                        st.fault = None  # this command is the last one it spoils
                 if fault.kind == "drop":
                     self._close_fds()
                     return b"", 0.0
@@ -237,7 +258,8 @@ class ProScanSimulator:
                     return f"E,{err.code}\r".encode(), 0.0
             reply = self._execute(name, line)
             if fault is not None and fault.after is not None and fault.after.upper() == name:
-                fault.armed = True
+                fault.times -= 1
+                fault.armed = fault.times <= 0
         return reply.encode("ascii") + b"\r", delay_s
 
     def _execute(self, name: str, line: str) -> str:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flakescan.daemon.client import ControlClient, DaemonUnreachable
+from flakescan.daemon.client import ClientSecurity, ControlClient, DaemonUnreachable, use_security
+from flakescan.daemon.keys import ClientCurve, KeyStore
 from flakescan.hardware.backends.simulator import SimulatedMicroscope
 
 from .sim_helpers import sim_microscope
@@ -54,6 +55,13 @@ def write_toml(path: Path, data: dict) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _client_security_reset() -> Iterator[None]:
+    """A CLI command run in-process sets the keys its clients use; no test inherits them."""
+    yield
+    use_security(ClientSecurity())
+
+
 @pytest.fixture
 def microscope() -> Iterator[SimulatedMicroscope]:
     """A simulated microscope with fast stages, on the default chip."""
@@ -72,10 +80,11 @@ class DaemonProcess:
     control: str
     events: str
     log_path: Path
+    curve: ClientCurve | None = None  # with [zmq] curve: the state dir's `local` pair
     client: ControlClient = field(init=False)
 
     def __post_init__(self) -> None:
-        self.client = ControlClient(self.control, timeout_s=20)
+        self.client = ControlClient(self.control, timeout_s=20, curve=self.curve)
 
     @property
     def db_path(self) -> Path:
@@ -110,6 +119,11 @@ def start_daemon(tmp_path: Path) -> Iterator:
                 cfg[key] = {**cfg[key], **value}
             else:
                 cfg[key] = value
+        curve = None
+        if cfg["zmq"].get("curve") and not cfg["zmq"].get("keys_dir"):
+            store = KeyStore(state_dir / "keys")  # what `flakescan keys init` makes
+            store.init()
+            curve = store.client()
         path = write_toml(tmp_path / f"{name}.toml", cfg)
         log_path = tmp_path / f"{name}.log"
         with open(log_path, "wb") as log:
@@ -119,7 +133,7 @@ def start_daemon(tmp_path: Path) -> Iterator:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             )
-        d = DaemonProcess(proc, path, state_dir, control, events, log_path)
+        d = DaemonProcess(proc, path, state_dir, control, events, log_path, curve)
         started.append(d)
         try:
             d.client.wait_ready(90, alive=lambda: proc.poll() is None)
@@ -132,3 +146,28 @@ def start_daemon(tmp_path: Path) -> Iterator:
         if d.proc.poll() is None:
             d.proc.kill()
             d.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator:
+    """A PostgreSQL server of the tests' own (tests/pg_server.py) for the whole session;
+    skipped, saying why, where there is none, unless FLAKESCAN_REQUIRE_POSTGRES=1 (CI)."""
+    from .pg_server import REQUIRE_ENV, PostgresServer, postgres_missing
+
+    missing = postgres_missing()
+    if missing:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but {missing}")
+        pytest.skip(missing)
+    server = PostgresServer.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> Iterator[str]:
+    """A new empty database on that server for one test; its SQLAlchemy URL."""
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name)[:50].lower()
+    url = postgres_server.create_database(name)
+    yield url
+    postgres_server.drop_database(name)

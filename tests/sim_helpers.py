@@ -22,13 +22,18 @@ FAST_STAGE = {"xy_speed_um_s": 100000, "xy_settle_ms": 5}
 
 
 def sim_microscope(
-    limits: TravelLimits | None = None, *, stage: dict | None = None, **sections: Any
+    limits: TravelLimits | None = None,
+    *,
+    stage: dict | None = None,
+    hardware: HardwareConfig | None = None,
+    **sections: Any,
 ) -> SimulatedMicroscope:
     """The simulated microscope on the default chip, stages fast; `stage` and `sections`
-    (chip, imaging, ...) override the simulator's settings."""
+    (chip, imaging, faults, ...) override the simulator's settings, `hardware` the
+    `[hardware]` section (fault policy, timeout, park)."""
     sim = SimulatorConfig.model_validate({**sections, "stage": {**FAST_STAGE, **(stage or {})}})
     return open_simulated_microscope(
-        HardwareConfig(), ObjectiveConfig(), limits or TravelLimits(), sim
+        hardware or HardwareConfig(), ObjectiveConfig(), limits or TravelLimits(), sim
     )
 
 
@@ -43,7 +48,7 @@ def scan_runner(
     return ScanRunner(
         mic,
         TilePipeline(PreselectionConfig(), FlakeClassifier.from_config(ModelsConfig())),
-        CatalogueWriter(engine),
+        CatalogueWriter(engine, "t"),
         publish,
         instrument="t",
         thumbnails_dir=thumbnails,

@@ -19,6 +19,7 @@ def local_config(tmp_path):
     return write_toml(
         tmp_path / "svc.toml",
         {
+            "instrument": "scope-cli",
             "state_dir": str(tmp_path / "state"),
             "scan": {"region_um": [2000.0, 2000.0, 3000.0, 2800.0]},
             "simulator": {"stage": {"xy_speed_um_s": 100000, "xy_settle_ms": 1}},
@@ -41,6 +42,9 @@ def test_local_scan_then_query_in_every_format(local_config, tmp_path, capsys):
     assert main(["query", "--db", str(db), "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == n and {"x_um", "y_um", "area_um2", "axis_angle_deg"} <= set(rows[0])
+    # Every row carries the config's instrument and a uuid of its own (schema 6).
+    assert {r["instrument"] for r in rows} == {"scope-cli"}
+    assert len({r["uuid"] for r in rows}) == n
     assert main(["query", "--config", str(local_config), "--format", "csv", "--class", "1"]) == 0
     csv_rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert all(r["flake_class"] == "1" for r in csv_rows)

@@ -11,11 +11,12 @@ import pytest
 from sqlalchemy import text
 
 from flakescan.db.catalogue import CatalogueWriter
-from flakescan.db.engine import _ADDED_COLUMNS, SchemaVersionError, open_database, sqlite_url
+from flakescan.db.engine import SchemaVersionError, open_database, sqlite_url
 from flakescan.db.models import SCHEMA_VERSION
 from flakescan.db.queries import FlakeQuery, find_flakes, get_flake, list_scans, scan_summary
 from flakescan.inference.pipeline import Hit, TileResult
 from flakescan.inference.shape import measure_shape
+from tests.old_catalogues import downgrade
 
 
 def hit(x: float, area: float, cls: int) -> Hit:
@@ -34,18 +35,6 @@ def hit(x: float, area: float, cls: int) -> Hit:
         centroid_px=(100.0, 200.0),
         thumbnail=np.zeros((4, 4, 3), np.uint8),
     )
-
-
-# What each schema version added to the flakes table (taken off again to make old files).
-
-
-def downgrade(con: sqlite3.Connection, version: int) -> None:
-    """Make a catalogue look as an older flakescan wrote it: without the columns of every
-    later schema."""
-    for v in range(version + 1, SCHEMA_VERSION + 1):
-        for table, col, _ in _ADDED_COLUMNS.get(v, []):
-            con.execute(f"ALTER TABLE {table} DROP COLUMN {col}")
-    con.execute(f"PRAGMA user_version = {version}")
 
 
 def shaped_hit(length: float, width: float, x: float = 500.0, cls: int = 1) -> Hit:
@@ -109,7 +98,7 @@ def test_sqlite_is_in_wal_mode_with_a_schema_version(catalogue):
     engine, *_ = catalogue
     with engine.connect() as c:
         assert c.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert c.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION == 5
+        assert c.execute(text("PRAGMA user_version")).scalar() == SCHEMA_VERSION == 6
         assert c.execute(text("PRAGMA foreign_keys")).scalar() == 1
 
 

@@ -22,12 +22,16 @@ from tests.sim_helpers import scan_runner, sim_microscope
 # 4 x 4 tiles over flakes of all sizes: some are cut by frame edges and merged later.
 REQUEST = ScanRequest(region_um=(1000.0, 1000.0, 3000.0, 2400.0), overlap_pct=10.0, chip_id="r")
 
-# What a catalogue holds of a scan, minus ids, timestamps and folders (they differ run to run).
+# What a catalogue holds of a scan, minus ids, uuids, timestamps, folders and the daemon's
+# instrument name (they differ run to run).
 _TILE_COLUMNS = (
     "tile_index, x_um, y_um, z_um, candidates, hits, background_r, background_g, "
     "background_b, background_fraction, skipped_reason"
 )
-_VOLATILE = {"id", "tile_id", "scan_id", "created_at", "thumbnail_path", "annotated_at"}
+_VOLATILE = {
+    *("id", "tile_id", "scan_id", "uuid", "instrument"),
+    *("created_at", "thumbnail_path", "annotated_at"),
+}
 
 
 def catalogue(db: Path, scan_id: int) -> tuple[list, list, tuple]:

@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -194,3 +195,32 @@ def test_log_lines_carry_journal_priorities_when_stderr_is_the_journal(tmp_path,
         assert use_journal(stream)
         monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino + 1}")
         assert not use_journal(stream)
+
+
+def test_sigterm_mid_scan_keeps_the_tiles_parks_the_stage_and_exits_0(start_daemon):
+    d = start_daemon(
+        {
+            "scan": {"region_um": [1000.0, 1000.0, 3500.0, 3000.0]},
+            "hardware": {"park": {"xy_um": [500.0, 600.0]}},
+        }
+    )
+    with EventSubscriber(d.events, ("tile.processed",)) as sub:
+        scan_id = d.client.request("scan_start")["scan_id"]
+        for _ in range(2):
+            assert sub.next(timeout_s=60) is not None
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(timeout=60) == 0
+    log = d.log()
+    parked = re.search(r"parked: (\{.*\})", log)
+    assert parked, log
+    assert "'z': 500.0" in parked.group(1)  # the top of the Z travel: away from the chip
+    assert "'xy': [500.0, 600.0]" in parked.group(1) and "'problems': []" in parked.group(1)
+    con = sqlite3.connect(d.db_path)
+    try:
+        status, done = con.execute(
+            "SELECT status, tiles_done FROM scans WHERE id = ?", (scan_id,)
+        ).fetchone()
+        tiles = con.execute("SELECT COUNT(*) FROM tiles WHERE scan_id = ?", (scan_id,)).fetchone()
+    finally:
+        con.close()
+    assert status == "stopped" and done == tiles[0] >= 2

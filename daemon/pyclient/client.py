@@ -126,11 +126,28 @@ class Client:
         control: str = DEFAULT_CONTROL,
         events: str = DEFAULT_EVENTS,
         timeout_s: float = 60.0,
+        *,
+        client_key: str | Path | None = None,
+        server_key: str | Path | None = None,
+        http_token: str | None = None,
+        lock_token: str | None = None,
     ) -> None:
+        """`client_key` (this client's NAME.key_secret) and `server_key` (the daemon's
+        server.key): for a daemon with `[zmq] curve`; `http_token`: for an HTTP service
+        with a token_file; `lock_token`: the control lock's, when it is on."""
         self.http = http.rstrip("/") if http else None
         self.control = control
         self.events_endpoint = events
         self.timeout_s = timeout_s
+        self.lock_token = lock_token
+        self._headers = {"Authorization": f"Bearer {http_token}"} if http_token else {}
+        self._curve = None
+        if client_key is not None or server_key is not None:
+            from flakescan.daemon.keys import ClientCurve
+
+            if client_key is None or server_key is None:
+                raise ClientError("CURVE needs both client_key and server_key")
+            self._curve = ClientCurve.from_files(Path(client_key), Path(server_key))
 
     # -- analysis ---------------------------------------------------------------------------
     def models(self) -> list[dict[str, Any]]:
@@ -161,7 +178,11 @@ class Client:
         form = {"params": json.dumps(params), "picture": "true" if picture else "false"}
         try:
             reply = httpx.post(
-                f"{self.http}/v1/analyze/{model}", files=files, data=form, timeout=self.timeout_s
+                f"{self.http}/v1/analyze/{model}",
+                files=files,
+                data=form,
+                headers=self._headers,
+                timeout=self.timeout_s,
             )
         except httpx.HTTPError as exc:
             raise ClientError(f"{self.http}: {exc}") from exc
@@ -208,6 +229,20 @@ class Client:
     def status(self) -> dict[str, Any]:
         return self._request("status")
 
+    def snapshot(self) -> dict[str, Any]:
+        """The daemon's state, the current scan's tiles and flakes, and `seq`: subscribe to
+        events first, then keep those with a seq above it."""
+        return self._request("snapshot")
+
+    def lock(self, holder: str, *, steal: bool = False) -> str:
+        """Take the control lock (`[zmq] control_lock`); later requests carry its token."""
+        self.lock_token = self._request("lock", {"holder": holder, "steal": steal})["token"]
+        return self.lock_token
+
+    def unlock(self) -> None:
+        self._request("unlock")
+        self.lock_token = None
+
     def start_scan(self, **params: Any) -> dict[str, Any]:
         """region_um, overlap_pct, chip_id, name, z_um (README: Control protocol)."""
         return self._request("scan_start", params)
@@ -232,14 +267,16 @@ class Client:
         without one, or never when it is None."""
         from flakescan.daemon.client import EventSubscriber
 
-        with EventSubscriber(self.events_endpoint, topics) as sub:
+        with EventSubscriber(self.events_endpoint, topics, curve=self._curve) as sub:
             while (event := sub.next(timeout_s)) is not None:
                 yield event
 
     def _control(self):
         from flakescan.daemon.client import ControlClient
 
-        return ControlClient(self.control, timeout_s=self.timeout_s)
+        return ControlClient(
+            self.control, timeout_s=self.timeout_s, curve=self._curve, lock_token=self.lock_token
+        )
 
     def _request(self, method: str, params: dict | None = None) -> dict[str, Any]:
         from flakescan.daemon.client import DaemonUnreachable
@@ -258,7 +295,7 @@ class Client:
         if not self.http:
             raise ClientError("this client has no HTTP URL (Client(http=...))")
         try:
-            reply = httpx.get(f"{self.http}{path}", timeout=self.timeout_s)
+            reply = httpx.get(f"{self.http}{path}", headers=self._headers, timeout=self.timeout_s)
         except httpx.HTTPError as exc:
             raise ClientError(f"{self.http}: {exc}") from exc
         if reply.status_code != 200:

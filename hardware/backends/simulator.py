@@ -101,5 +101,10 @@ def open_simulated_microscope(
             f"simulator.stage.focus_z_um = {sim.stage.focus_z_um} lies outside the Z travel limits"
         )
     mic = SimulatedMicroscope(core, limits, world)
+    try:
+        mic.configure(hardware)
+    except HardwareError:
+        mic.close()
+        raise
     mic.set_objectives(objective, objectives, TURRET)
     return mic
