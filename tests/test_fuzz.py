@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flakescan.daemon.client import ControlClient
@@ -138,6 +138,8 @@ def test_fuzzed_config_files_load_or_name_the_bad_key(tmp_path: Path):
 
     @settings(_FUZZ, max_examples=400)
     @given(data=_configs())
+    @example(data={"scan": {"overlap_pct": 20.0}, "zmq": {"heartbeat_s": 0.5}})  # loads
+    @example(data={"travel_limits": {"z_min_um": 10.0, "z_max_um": -10.0}})  # cross-check
     def check(data: dict) -> None:
         path = tmp_path / "fuzz.toml"
         write_toml(path, data)
