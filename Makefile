@@ -60,7 +60,7 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.dev-installed
-	$(BIN)/python bench/bench_tile.py
+	$(BIN)/python bench/bench_tile.py --tiles 8 --repeats 2 --plot docs/figures/bench-candidates.png
 	$(BIN)/python bench/bench_classifier.py
 	$(BIN)/python bench/bench_analysis.py
 	$(BIN)/python bench/bench_http.py

@@ -110,14 +110,7 @@ def open_components(cfg: ServiceConfig, state_dir: Path, publish: Publish) -> Co
         engine.dispose()
         lock.release()
         raise
-    pipeline = TilePipeline(
-        cfg.preselection,
-        classifier,
-        cfg.models.threshold,
-        axis_modulus_deg=axis_model.modulus if axis_model else 30.0,
-        axis_model=axis_model,
-        axis_primary=cfg.models.axis_primary,
-    )
+    pipeline = TilePipeline.for_models(cfg.preselection, cfg.models, classifier, axis_model)
     runner = ScanRunner(
         microscope,
         pipeline,

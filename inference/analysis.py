@@ -198,14 +198,9 @@ class AnalysisService:
         from .pipeline import TilePipeline
 
         cfg = self.config
-        axis = AxisModel.from_config(cfg)
-        return TilePipeline(
-            self.preselection,
-            FlakeClassifier(backend, entry.card, cfg.batch_size),
-            cfg.threshold,
-            axis_modulus_deg=axis.modulus if axis else 30.0,
-            axis_model=axis,
-            axis_primary=cfg.axis_primary,
+        classifier = FlakeClassifier(backend, entry.card, cfg.batch_size)
+        return TilePipeline.for_models(
+            self.preselection, cfg, classifier, AxisModel.from_config(cfg)
         )
 
     def kind_of_model(self, model: str | Path) -> str:

@@ -20,7 +20,7 @@ from flakescan.simulators.tone import srgb_encode
 from .axis import estimate_axis
 from .axis_model import AxisModel, AxisPrediction, axis_crop
 from .classifier import FlakeClassifier
-from .config import PreselectionConfig
+from .config import ModelsConfig, PreselectionConfig
 from .crops import classifier_crop
 from .preselection import Candidate, preselect
 from .shape import Outline, ShapeMetrics, measure_shape, outline_from_mask
@@ -123,6 +123,24 @@ class TilePipeline:
         self.axis_model = axis_model
         self.axis_primary = axis_primary
         self.wafer_colour: np.ndarray | None = None
+
+    @classmethod
+    def for_models(
+        cls,
+        preselection: PreselectionConfig,
+        models: ModelsConfig,
+        classifier: FlakeClassifier,
+        axis_model: AxisModel | None,
+    ) -> TilePipeline:
+        """The pipeline the daemon runs: threshold and axis reading as `[models]` says."""
+        return cls(
+            preselection,
+            classifier,
+            models.threshold,
+            axis_modulus_deg=axis_model.modulus if axis_model else 30.0,
+            axis_model=axis_model,
+            axis_primary=models.axis_primary,
+        )
 
     def start_chip(self) -> None:
         """Forget the wafer colour: the next tiles may show another chip."""
