@@ -4,8 +4,10 @@ and `downgrade`, which takes a current catalogue back to an old schema."""
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
+from flakescan.db.engine import open_database
 from flakescan.db.schema_history import LEGACY_COLUMNS, LEGACY_SCHEMA, LEGACY_TABLES
 
 # What flakescan 0.1 (schema 1) created, as SQLite has it in sqlite_master.
@@ -141,3 +143,21 @@ def downgrade(con: sqlite3.Connection, version: int) -> None:
         for table in LEGACY_TABLES.get(v, ()):
             con.execute(f"DROP TABLE {table}")
     con.execute(f"PRAGMA user_version = {version}")
+
+
+def open_at_once(url: str, n: int) -> list[BaseException]:
+    """`n` threads open one catalogue at the same moment; what any of them raised."""
+    errors: list[BaseException] = []
+
+    def open_it() -> None:
+        try:
+            open_database(url).dispose()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_it) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

@@ -39,6 +39,7 @@ from flakescan.simulators.config import FaultSpec
 from flakescan.simulators.prior_pty import ProScanSimulator
 
 from .sim_helpers import scan_runner, sim_microscope
+from .test_prior_stage import write_cfg
 
 REQUEST = ScanRequest(region_um=(2000.0, 2000.0, 3000.0, 2800.0), overlap_pct=10.0, chip_id="c")
 LIMITS = TravelLimits(
@@ -492,26 +493,7 @@ def test_park_after_a_cancelled_scan(scanned):
 
 # -- the Prior ProScan on a pty: a serial link lost mid-scan ------------------------------
 def prior_microscope(tmp_path: Path, port: str, pol: FaultPolicy) -> Microscope:
-    cfg = tmp_path / "prior.cfg"
-    cfg.write_text(
-        "\n".join(
-            [
-                "Property,Core,Initialize,0",
-                "Device,Camera,DemoCamera,DCam",
-                "Device,Z,DemoCamera,DStage",
-                "#py pyDevice,XY,flakescan.hardware.prior_device,PriorXYStage",
-                f"#py Property,XY,Port,{port}",
-                "#py Property,XY,TimeoutMs,250",
-                "Property,Core,Initialize,1",
-                "Property,Core,Camera,Camera",
-                "Property,Core,Focus,Z",
-                "#py Property,Core,XYStage,XY",
-                "ConfigPixelSize,Res1x,Camera,Binning,1",
-                "PixelSize_um,Res1x,1.0",
-            ]
-        )
-        + "\n"
-    )
+    cfg = write_cfg(tmp_path, port)
     adapters = mm_test_adapters.device_adapter_path()
     hw = HardwareConfig(
         backend="mmconfig", mm_config=cfg, adapter_paths=[adapters], fault_policy=pol

@@ -5,7 +5,6 @@ leaves the file as it was."""
 from __future__ import annotations
 
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from flakescan.db.engine import SchemaVersionError, open_database, sqlite_url
 from flakescan.db.migrate import describe, head_revision, upgrade_database
 from flakescan.db.models import SCHEMA_VERSION, Base
 from flakescan.db.queries import FlakeQuery, find_flakes, list_scans, scan_tiles
-from tests.old_catalogues import write_old_catalogue
+from tests.old_catalogues import open_at_once, write_old_catalogue
 
 TABLES = ("scans", "tiles", "flakes", "flake_images")
 
@@ -144,20 +143,7 @@ def test_a_failed_upgrade_leaves_the_file_untouched(tmp_path):
 
 def test_processes_opening_a_new_catalogue_at_once_migrate_it_once(tmp_path):
     url = sqlite_url(tmp_path / "race.db")
-    errors: list[BaseException] = []
-
-    def open_it() -> None:
-        try:
-            open_database(url).dispose()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_it) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert open_at_once(url, 4) == []
     assert raw(tmp_path / "race.db", "SELECT version_num FROM alembic_version") == [
         (head_revision(),)
     ]

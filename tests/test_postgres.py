@@ -4,7 +4,6 @@ again with instrument and uuid, no migration on reopening."""
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime
 
 import pytest
@@ -22,6 +21,7 @@ from flakescan.db.queries import (
     scan_summary,
     scan_tiles,
 )
+from tests.old_catalogues import open_at_once
 from tests.test_db import hit, tile
 from tests.test_migrations import declared_columns, reflected_columns, schema_diffs
 
@@ -180,20 +180,7 @@ def test_a_newer_catalogue_is_refused(postgres_url):
 
 
 def test_daemons_starting_at_once_migrate_it_once(postgres_url):
-    errors: list[BaseException] = []
-
-    def open_it() -> None:
-        try:
-            open_database(postgres_url).dispose()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_it) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    assert open_at_once(postgres_url, 3) == []
     engine = create_engine(postgres_url)
     with engine.connect() as c:
         assert c.execute(text("SELECT version_num FROM alembic_version")).all() == [
