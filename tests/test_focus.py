@@ -7,8 +7,6 @@ hold the focus to it.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 
@@ -126,13 +124,14 @@ def test_a_quadratic_surface_needs_six_points():
 def _scan(mic, tmp_path, autofocus_on: bool, cfg: FocusConfig):
     engine = open_database(sqlite_url(tmp_path / f"af-{autofocus_on}.db"))
     events: list[tuple[str, dict]] = []
-    runner = scan_runner(
-        mic,
-        engine,
-        tmp_path / f"thumbs-{autofocus_on}",
-        lambda topic, data: events.append((topic, {**data, "_at": time.monotonic()})),
-        focus=cfg,
-    )
+
+    def publish(topic: str, data: dict) -> None:
+        if topic == "focus.refocused" and data["found"]:
+            # Where the drifting surface really is at this moment, under the objective.
+            data = {**data, "_true_z": mic.world.surface_z_um(data["x_um"], data["y_um"])}
+        events.append((topic, data))
+
+    runner = scan_runner(mic, engine, tmp_path / f"thumbs-{autofocus_on}", publish, focus=cfg)
     request = ScanRequest(
         region_um=(1000.0, 1000.0, 3400.0, 2700.0),
         overlap_pct=10.0,
@@ -184,10 +183,18 @@ def test_a_scan_with_autofocus_keeps_a_tilted_drifting_chip_in_focus(tmp_path):
     assert len(refocused) >= 3
     surface = outcome_af.focus
     assert surface["kind"] in ("plane", "quadratic") and surface["refocused"] >= 3
-    # Drift moved the surface, and the refocusing followed it: the offset found is the
-    # drift between the fit and the last refocus (the clock is the wall clock, so how far
-    # it drifted depends on the machine's speed; the fit itself absorbs the drift before).
-    fitted_at = next(d["_at"] for t, d in events_af if t == "focus.surface")
-    drifted = stage["focus_drift_um_per_min"] * (refocused[-1]["_at"] - fitted_at) / 60.0
-    print(f"drift since the fit {drifted:.2f} um, refocusing found {surface['offset_um']:.2f} um")
-    assert surface["offset_um"] == pytest.approx(drifted, abs=0.5)
+    # Drift moved the surface, and each refocus found it where it had drifted to at that
+    # moment (the drift runs on the wall clock, so how far it went depends on the machine's
+    # speed; where the surface was when the refocus ended does not). 0.8 um: the fine
+    # sweep's step, plus what the surface drifts while the sweep runs.
+    for d in refocused:
+        assert d["z_um"] == pytest.approx(d["_true_z"], abs=0.8), d
+    last = refocused[-1]
+    fit_z = FocusSurface.from_description({**surface, "offset_um": 0.0}).z_at(
+        last["x_um"], last["y_um"]
+    )
+    print(
+        f"last refocus: surface at {last['_true_z']:.2f} um, fit {fit_z:.2f} um,"
+        f" found {surface['offset_um']:.2f} um off the fit"
+    )
+    assert surface["offset_um"] == pytest.approx(last["_true_z"] - fit_z, abs=0.8)
